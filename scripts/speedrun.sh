@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv and run the whole R1 recipe on the CPU preset; writes runs/<name>/report.md.
+#   bash scripts/speedrun.sh              # runs/speedrun
+#   bash scripts/speedrun.sh runs/mine    # another run folder
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+OUT="${1:-runs/speedrun}"
+exec .venv/bin/r1lab init --preset cpu-tiny --out "$OUT/init"

@@ -1,0 +1,156 @@
+"""Byte-level BPE tokenizer (Hugging Face `tokenizers`) with digits split one per token and an R1-style
+chat template whose assistant turn opens with "<think>\n".
+
+Saved as tokenizer.json + tokenizer_config.json (with `chat_template`), so `transformers.AutoTokenizer`
+loads it and its `apply_chat_template` gives the same ids as `Tokenizer.apply_chat_template` here.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜▁pad▁｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+THINK = "<think>"
+END_THINK = "</think>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT, THINK, END_THINK]  # ids 0..6, in this order
+
+# Jinja form of `render_chat` below (the two must stay in step; a test compares them through transformers).
+# Earlier assistant turns keep only their answer: thinking is not fed back, as in DeepSeek-R1.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% set content = message['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] | trim %}{% endif %}"
+    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str:
+    parts = [BOS]
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role == "system":
+            parts.append(content)
+        elif role == "user":
+            parts.append(USER + content)
+        elif role == "assistant":
+            if END_THINK in content:
+                content = content.split(END_THINK)[-1].strip()
+            parts.append(ASSISTANT + content + EOS)
+        else:
+            raise ValueError(f"unknown chat role {role!r} (expected system, user or assistant)")
+    if add_generation_prompt:
+        parts.append(ASSISTANT + THINK + "\n")
+    return "".join(parts)
+
+
+class Tokenizer:
+    """Thin wrapper over a `tokenizers.Tokenizer` with our special tokens and chat template."""
+
+    def __init__(self, backend: HFTokenizer, model_max_length: int = 4096):
+        self.backend = backend
+        self.model_max_length = model_max_length
+        ids = {t: backend.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks r1lab's special tokens: {missing}")
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = ids[BOS], ids[EOS], ids[PAD]
+        self.user_token_id, self.assistant_token_id = ids[USER], ids[ASSISTANT]
+        self.think_token_id, self.end_think_token_id = ids[THINK], ids[END_THINK]
+        self.special_ids = frozenset(ids.values())
+        self.bos_token, self.eos_token, self.pad_token = BOS, EOS, PAD
+        self.chat_template = CHAT_TEMPLATE
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, tokenize: bool = True):
+        text = render_chat(messages, add_generation_prompt)
+        return self.encode(text) if tokenize else text
+
+    # ---------------------------------------------------------------- files
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(folder / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "unk_token": None,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": self.model_max_length,
+            "chat_template": CHAT_TEMPLATE,
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Tokenizer":
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer.json in {folder}")
+        try:
+            backend = HFTokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on bad files
+            raise ValueError(f"cannot read tokenizer file {path}: {e}") from e
+        max_len = 4096
+        cfg_path = folder / "tokenizer_config.json"
+        if cfg_path.exists():
+            max_len = int(json.loads(cfg_path.read_text()).get("model_max_length", max_len) or max_len)
+        return cls(backend, model_max_length=min(max_len, 1 << 30))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE on `texts`. Every byte is in the base alphabet, so any text round-trips."""
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        # one token per digit: numbers are then read and written digit by digit, as arithmetic needs
+        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(backend)

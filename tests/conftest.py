@@ -1,0 +1,29 @@
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CORPUS = [
+    "What is 4821 + 1379? <think>\n1+9=10, write 0 carry 1\n</think>\nThe answer is \\boxed{6200}.",
+    "Solve for x: 3x + 7 = 22. Subtract 7, divide by 3, so x = 5.",
+    "Hello world! The quick brown fox jumps over the lazy dog.",
+    "Ünïcödé text, 中文, emoji 🙂 and tabs\tand newlines\n",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from r1lab.tokenizer import train_tokenizer
+
+    return train_tokenizer(CORPUS, vocab_size=320)
+
+
+def tiny_config(vocab_size: int, **overrides):
+    from r1lab.model import preset
+
+    base = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                num_hidden_layers=3, num_attention_heads=2, kv_lora_rank=32, qk_nope_head_dim=16,
+                qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, num_experts_per_tok=2)
+    base.update(overrides)
+    return preset("cpu-tiny", **base)

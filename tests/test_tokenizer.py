@@ -1,0 +1,67 @@
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from r1lab.tokenizer import ASSISTANT, THINK, Tokenizer, render_chat
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_round_trips_any_unicode(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_digits_are_one_token_each(tokenizer):
+    ids = tokenizer.encode("12345")
+    assert len(ids) == 5
+    assert [tokenizer.decode([i]) for i in ids] == list("12345")
+
+
+def test_generation_prompt_opens_thinking(tokenizer):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert text.endswith(ASSISTANT + THINK + "\n")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.think_token_id in ids
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2 + 2?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "What is 12 + 30?"},
+     {"role": "assistant", "content": "<think>\n2+0=2\n1+3=4\n</think>\n\nThe answer is \\boxed{42}."},
+     {"role": "user", "content": "And 5 + 5? 🙂"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "no thinking here"}],
+]
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_transformers_chat_template_gives_our_ids(tmp_path, tokenizer, messages, add_generation_prompt):
+    transformers = pytest.importorskip("transformers")
+    tokenizer.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    theirs_text = hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    assert theirs_text == render_chat(messages, add_generation_prompt)
+    theirs = hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    if isinstance(theirs, dict) or hasattr(theirs, "input_ids"):
+        theirs = theirs["input_ids"]
+    assert list(theirs) == ours
+    assert hf.decode(ours) == tokenizer.decode(ours)
+    # earlier thinking is not fed back
+    if any("</think>" in m["content"] for m in messages):
+        assert "2+0=2" not in theirs_text
+
+
+def test_save_load_round_trip(tmp_path, tokenizer):
+    tokenizer.save(tmp_path)
+    again = Tokenizer.load(tmp_path)
+    assert again.encode("What is 4821 + 1379?") == tokenizer.encode("What is 4821 + 1379?")
+    assert again.eos_token_id == tokenizer.eos_token_id
+
+
+def test_missing_or_corrupt_tokenizer_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        Tokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        Tokenizer.load(tmp_path)
