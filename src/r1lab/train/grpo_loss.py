@@ -1,0 +1,100 @@
+"""GRPO's math on tensors: group-relative advantages and the clipped policy losses.
+
+Shapes: N completions = P prompts x G samples per prompt, laid out group by group; L = completion
+tokens (padded). `mask` (N, L) is 1 on real completion tokens.
+
+Variants (DeepSeekMath / R1, "Understanding R1-Zero-Like Training" (Dr. GRPO), DAPO):
+  advantages  grpo:    (r - mean_group) / (std_group + eps)
+              dr_grpo: r - mean_group            (no std: hard and easy questions weigh the same)
+  loss        grpo:    mean over each sequence's tokens, then over sequences (length-normalised)
+              dr_grpo: sum over all tokens / (N * max_len), a constant normaliser (no length bias)
+              dapo:    sum over all tokens / number of tokens (token-level mean), usually with
+                       clip-higher (eps_high > eps_low)
+The per-token objective is PPO's clipped surrogate on the importance ratio against the sampling
+policy, plus beta times the k3 estimate of KL(policy || reference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "grpo", eps: float = 1e-4) -> torch.Tensor:
+    """rewards (N,) grouped consecutively by prompt -> advantages (N,)."""
+    grouped = rewards.view(-1, group_size).float()
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "grpo":
+        # sample std, as TRL computes it; groups with equal rewards get advantage 0 either way
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    elif scale != "dr_grpo":
+        raise ValueError(f"advantage scale must be 'grpo' or 'dr_grpo', got {scale!r}")
+    return centred.view(-1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft over-length punishment: 0 up to max_len - buffer, then falling linearly to -penalty at max_len."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (max_len - buffer)).clamp(min=0) / buffer
+    return -penalty * over.clamp(max=1.0)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 (always >= 0)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor
+    clip_frac: float
+    kl: float
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    variant: str = "grpo",
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    max_len: int | None = None,
+    token_normaliser: float | None = None,
+) -> LossOut:
+    """logp, old_logp, ref_logp, mask: (N, L); advantages: (N,). Returns the loss to minimise.
+
+    `token_normaliser` overrides the denominator of dr_grpo/dapo (e.g. the token count over all ranks
+    or micro-batches, so that accumulated pieces add up to the full-batch loss)."""
+    mask = mask.float()
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl_value = 0.0
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+        kl_value = ((kl * mask).sum() / mask.sum().clamp(min=1)).item()
+    if variant == "grpo":
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    elif variant == "dr_grpo":
+        if max_len is None and token_normaliser is None:
+            raise ValueError("dr_grpo needs max_len")
+        denom = token_normaliser if token_normaliser is not None else mask.shape[0] * max_len
+        loss = (per_token * mask).sum() / denom
+    elif variant == "dapo":
+        denom = token_normaliser if token_normaliser is not None else mask.sum().clamp(min=1)
+        loss = (per_token * mask).sum() / denom
+    else:
+        raise ValueError(f"loss must be grpo, dr_grpo or dapo, got {variant!r}")
+    is_clipped = (clipped < unclipped).float()  # the clip is active: this token's gradient is zero
+    clip_frac = ((is_clipped * mask).sum() / mask.sum().clamp(min=1)).item()
+    return LossOut(loss, clip_frac, kl_value)
