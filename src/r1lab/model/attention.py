@@ -73,6 +73,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
     result is written de-interleaved (evens then odds), as transformers does: queries and keys get the
     same permutation, so their dot products are unchanged.
     """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables are fp32; keep bf16 activations bf16
     if interleave:
         x1, x2 = x[..., 0::2], x[..., 1::2]
     else:

@@ -1,0 +1,179 @@
+"""Decode throughput: r1lab's engine against transformers' generate, same checkpoint, same prompts.
+
+For each preset (random weights), the model is saved to disk once and loaded from there by both:
+r1lab.load(dir) -> Engine.generate, and AutoModelForCausalLM.from_pretrained(dir).generate. Greedy, CPU,
+fp32, the same torch thread count, exactly --new-tokens new tokens per prompt (EOS ignored / suppressed),
+batch 1 and batch 32 (prompts of mixed lengths; transformers gets them left-padded). Time = the best of
+--repeats runs (the two alternate), prefill included; the CPU time of that run is reported too, being
+steadier than wall time on a busy machine. Also reports the KV-cache bytes per token of the engine's
+actual cache tensors for MLA and for the same model with attention=mha.
+
+    python bench/decode.py                       # both presets, about 3-4 minutes on 2 cores
+    python bench/decode.py --presets cpu-tiny --repeats 1
+    python bench/decode.py --threads 2          # both engines multi-threaded
+
+Prints a table, then as the last line one JSON object. ratio_b1 / ratio_b32 are the minimum over the
+presets (per-preset figures are in "presets").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def prompts_for(vocab: int, n: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(16, 49, (n,), generator=g).tolist()
+    return [torch.randint(7, vocab, (length,), generator=g).tolist() for length in lengths]  # 0..6 are special
+
+
+class Timer:
+    """Best-of-N wall time and the CPU time of that same run. The CPU time (this process, all threads) is
+    less disturbed by other programs on a busy machine; both are reported."""
+
+    def __init__(self):
+        self.wall, self.cpu, self.out = float("inf"), float("inf"), None
+
+    def run(self, fn) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        w, c = time.perf_counter() - w, time.process_time() - c
+        if w < self.wall:
+            self.wall, self.cpu, self.out = w, c, out
+
+
+def ours(folder: Path, prompts: list[list[int]], new_tokens: int):
+    """A function generating for `prompts` with r1lab's engine (warmed up), returning token id lists."""
+    import r1lab
+    from r1lab.engine import Engine, SamplingParams
+
+    model, tokenizer = r1lab.load(folder)
+    model.eval()
+    engine = Engine(model, tokenizer, max_running=max(len(prompts), 1))
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts[:1], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))  # warm-up
+
+    def go():
+        return [c.token_ids for c in engine.generate(prompts, params)]
+
+    return go
+
+
+def theirs(folder: Path, prompts: list[list[int]], new_tokens: int, pad_id: int):
+    """The same with transformers' generate (prompts left-padded, EOS suppressed by min_new_tokens)."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    T = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id,
+                  temperature=None, top_p=None)
+
+    def go():
+        with torch.inference_mode():
+            return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, T:].tolist()
+
+    with torch.inference_mode():
+        model.generate(input_ids=ids[:1], attention_mask=mask[:1], **dict(kwargs, max_new_tokens=4, min_new_tokens=4))
+    go.experts_implementation = getattr(model.config, "_experts_implementation", None)
+    return go
+
+
+def kv_bytes_per_token(name: str, vocab: int, attention: str) -> int:
+    """Bytes per token of the engine's actual cache tensors (all layers), after a short generation."""
+    from r1lab.engine import Engine, SamplingParams
+    from r1lab.model import Transformer, preset
+
+    model = Transformer(preset(name, vocab_size=vocab, attention=attention)).eval()
+    engine = Engine(model, None, max_running=2)
+    engine.generate([[7, 8, 9]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    return sum(t[:, 0, 0].numel() * t.element_size() for t in engine.cache.tensors)
+
+
+def bench_preset(name: str, args, workdir: Path) -> dict:
+    from r1lab.model import Transformer, preset, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = preset(name)
+    model = Transformer(cfg).eval()
+    folder = save_checkpoint(model, None, workdir / name)
+    del model
+    prompts = prompts_for(cfg.vocab_size, args.batch)
+    row = {"preset": name}
+    for batch in (1, args.batch):
+        batch_prompts = prompts[:batch]
+        run_ours, run_hf = ours(folder, batch_prompts, args.new_tokens), theirs(folder, batch_prompts, args.new_tokens, 2)
+        t_ours, t_hf = Timer(), Timer()
+        for _ in range(args.repeats):  # alternate, so a burst of load elsewhere hits both alike
+            t_ours.run(run_ours)
+            t_hf.run(run_hf)
+        assert all(len(t) == args.new_tokens for t in t_ours.out + t_hf.out)
+        n = batch * args.new_tokens
+        row[f"ours_tps_b{batch}"] = n / t_ours.wall
+        row[f"hf_tps_b{batch}"] = n / t_hf.wall
+        row[f"ratio_b{batch}"] = t_hf.wall / t_ours.wall
+        row[f"cpu_time_ratio_b{batch}"] = t_hf.cpu / t_ours.cpu
+        # greedy sanity check: sequences identical token for token (near-ties can flip under padding)
+        row[f"same_tokens_b{batch}"] = sum(a == b for a, b in zip(t_ours.out, t_hf.out)) / batch
+        row["hf_experts_implementation"] = run_hf.experts_implementation
+        print(f"  {name} batch {batch}: r1lab {n / t_ours.wall:8.1f} tok/s   transformers {n / t_hf.wall:8.1f} tok/s   "
+              f"ratio {row[f'ratio_b{batch}']:5.2f}x (cpu time {row[f'cpu_time_ratio_b{batch}']:5.2f}x)   "
+              f"identical greedy sequences {row[f'same_tokens_b{batch}']:.0%}", file=sys.stderr, flush=True)
+    row["kv_bytes_per_token_mla"] = kv_bytes_per_token(name, cfg.vocab_size, "mla")
+    row["kv_bytes_per_token_mha"] = kv_bytes_per_token(name, cfg.vocab_size, "mha")
+    row["mla_over_mha_kv"] = row["kv_bytes_per_token_mla"] / row["kv_bytes_per_token_mha"]
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["cpu-tiny", "cpu-20m"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement; the best counts")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for both (default 1: models this small gain little from more, and on a busy "
+                        "machine every multi-threaded op waits for a free core)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"decode bench: greedy, {args.new_tokens} new tokens, fp32, CPU, torch threads {args.threads}, "
+          f"best of {args.repeats}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [bench_preset(name, args, Path(tmp)) for name in args.presets]
+
+    b = args.batch
+    header = (f"{'preset':<10} {'batch':>5} {'r1lab tok/s':>12} {'hf tok/s':>10} {'ratio':>7} {'cpu-time ratio':>15} "
+              f"{'kv B/tok mla':>13} {'mha':>7} {'mla/mha':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        for batch in (1, b):
+            kv = (f"{r['kv_bytes_per_token_mla']:>13} {r['kv_bytes_per_token_mha']:>7} {r['mla_over_mha_kv']:>8.3f}"
+                  if batch == 1 else "")
+            print(f"{r['preset']:<10} {batch:>5} {r[f'ours_tps_b{batch}']:>12.1f} {r[f'hf_tps_b{batch}']:>10.1f} "
+                  f"{r[f'ratio_b{batch}']:>6.2f}x {r[f'cpu_time_ratio_b{batch}']:>14.2f}x {kv}")
+    summary = {
+        "bench": "decode",
+        "ratio_b1": min(r["ratio_b1"] for r in rows),
+        f"ratio_b{b}": min(r[f"ratio_b{b}"] for r in rows),
+        "cpu_time_ratio_b1": min(r["cpu_time_ratio_b1"] for r in rows),
+        f"cpu_time_ratio_b{b}": min(r[f"cpu_time_ratio_b{b}"] for r in rows),
+        "mla_over_mha_kv": max(r["mla_over_mha_kv"] for r in rows),
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+        "presets": {r["preset"]: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "preset"}
+                    for r in rows},
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

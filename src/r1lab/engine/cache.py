@@ -1,0 +1,66 @@
+"""The KV cache: per-layer storage for the running sequences, one slot (row) per sequence.
+
+MLA caches, per token and layer, only what DeepSeek-V3 needs for absorbed attention: the normalised kv
+latent and the shared, already-rotated RoPE key, side by side in one row of kv_lora_rank +
+qk_rope_head_dim values (one tensor also serves as keys and, through its first kv_lora_rank columns, as
+values). MHA caches full per-head keys and values.
+
+Running sequences always occupy slots 0..n-1 (the scheduler moves the last one into a retired one's
+slot), so a batch's cache is a plain view, never a gather. Storage grows by doubling, in slots up to
+max_slots and in length up to max_len: no per-step concatenation, and no memory held for lengths
+nobody asked for.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model import ModelConfig
+
+
+class KVCache:
+    def __init__(self, cfg: ModelConfig, max_slots: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 initial_len: int = 256):
+        self.cfg, self.max_slots, self.max_len = cfg, max_slots, max_len
+        self.dtype, self.device = dtype, device
+        self.mla = cfg.attention == "mla"
+        self.slots, self.length = 0, 0
+        self.tensors: list[torch.Tensor] = []
+        self.ensure(1, min(initial_len, max_len))
+
+    def _row_shapes(self) -> list[tuple[int, ...]]:
+        """Shape of one token's entry in each stored tensor (all layers share a tensor)."""
+        cfg = self.cfg
+        if self.mla:
+            return [(cfg.kv_lora_rank + cfg.qk_rope_head_dim,)]
+        return [(cfg.num_attention_heads, cfg.qk_head_dim), (cfg.num_attention_heads, cfg.v_head_dim)]
+
+    def ensure(self, slots: int, length: int) -> None:
+        """Make room for `slots` sequences of `length` tokens, keeping what is stored."""
+        if slots <= self.slots and length <= self.length:
+            return
+        if slots > self.max_slots or length > self.max_len:
+            raise ValueError(f"KV cache asked for {slots} x {length}, limit {self.max_slots} x {self.max_len}")
+        new_slots = min(self.max_slots, max(slots, 2 * self.slots)) if slots > self.slots else self.slots
+        new_len = min(self.max_len, max(length, 2 * self.length)) if length > self.length else self.length
+        layers = self.cfg.num_hidden_layers
+        grown = [torch.empty(layers, new_slots, new_len, *row, dtype=self.dtype, device=self.device)
+                 for row in self._row_shapes()]
+        for old, new in zip(self.tensors, grown):
+            new[:, :self.slots, :self.length] = old
+        self.tensors, self.slots, self.length = grown, new_slots, new_len
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` cached tokens of slot src into slot dst (compaction on retirement)."""
+        for t in self.tensors:
+            t[:, dst, :length] = t[:, src, :length]
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Cache bytes one token occupies, summed over layers."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        per_layer = sum(torch.Size(row).numel() for row in self._row_shapes())
+        return self.cfg.num_hidden_layers * per_layer * itemsize
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)

@@ -1,0 +1,50 @@
+"""`r1lab generate CKPT "PROMPT"`: one completion from a checkpoint, streamed to stdout as it comes."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .engine import Engine
+from .sampling import SamplingParams
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder (ours or a transformers DeepseekV3 one)")
+    parser.add_argument("prompt", help="prompt text (raw, unless --chat)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap the prompt as a user message in the chat template (the answer starts inside <think>)")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, as DeepSeek-R1 advises)")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--ignore-eos", action="store_true")
+    parser.add_argument("--device", default=None, help="cpu, cuda, … (default: where the model loads)")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import r1lab
+
+    model, tokenizer = r1lab.load(args.checkpoint)
+    if tokenizer is None:
+        raise ValueError(f"{args.checkpoint} has no tokenizer.json; generate needs one")
+    model.eval()
+    engine = Engine(model, tokenizer, max_running=1, device=args.device)
+    if args.chat:
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+    else:
+        prompt_ids = tokenizer.encode(args.prompt)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
+    if args.chat:  # the template pre-fills the opening of the thinking; show it
+        sys.stdout.write("<think>\n")
+    finish = None
+    for event in engine.submit(prompt_ids, params).events():
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+        finish = event.finish_reason or finish
+    sys.stdout.write("\n")
+    if finish == "length":
+        print(f"[stopped at --max-tokens {args.max_tokens}]", file=sys.stderr)
+    return 0

@@ -1,0 +1,114 @@
+"""What callers hold: a request's parameters in flight, its handle, its stream events and its Completion."""
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .detok import Detokenizer
+from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit max_model_len (or max_cached_tokens)."""
+
+
+class QueueFull(RuntimeError):
+    """submit() was called while max_waiting requests were already waiting."""
+
+
+class EngineError(RuntimeError):
+    """The engine's loop failed while this request was in it."""
+
+
+@dataclass
+class Completion:
+    """One finished request. token_ids include the stop token that ended it (EOS or one of
+    stop_token_ids), as vLLM's do, so a trainer learns to stop; text never contains that token, nor the
+    stop string or anything after it. logprobs: one per token id (see SamplingParams)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_token_ids: list[int]
+    logprobs: list[float] | None = None
+    stop_reason: str | int | None = None  # the stop string or stop token id; None for EOS and "length"
+
+
+@dataclass
+class StreamEvent:
+    """What one request gained since its last event. finish_reason is set on the last event only."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: list[float] | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    max_total: int  # prompt + output may not exceed this (max_tokens, max_model_len, max_cached_tokens)
+    stop_ids: frozenset[int]
+    generator: random.Random | None  # the request's own random numbers, when seeded
+    detok: Detokenizer | None  # only when streaming or matching stop strings
+    sink: Callable[[StreamEvent], None] | None = None
+    output: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    slot: int | None = None
+    cached: int = 0  # tokens of this sequence in the KV cache
+    streamed: int = 0  # output tokens already sent to the sink
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class RequestHandle:
+    """A submitted request: iterate its events, cancel it, or wait for its Completion."""
+
+    def __init__(self, engine: "Engine", request: Request, events: "queue.Queue[StreamEvent] | None"):
+        self._engine, self._request, self._events = engine, request, events
+
+    @property
+    def id(self) -> int:
+        return self._request.id
+
+    def events(self) -> Iterator[StreamEvent]:
+        """Blocking iterator over StreamEvents, ending after the one with a finish_reason. Without a
+        background loop (engine.start()), the caller's thread runs the engine steps itself."""
+        if self._events is None:
+            raise RuntimeError("this handle streams elsewhere (engine.stream)")
+        while True:
+            if self._engine._thread is None and self._events.empty():
+                self._engine._pump(self._request)
+                continue
+            event = self._events.get()
+            if event.finish_reason == "error":
+                raise EngineError(str(self._request.error)) from self._request.error
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    def cancel(self) -> None:
+        """Stop generating for this request and free its slot (now, or right after the step in flight)."""
+        self._engine._cancel(self._request)
+
+    def result(self) -> Completion:
+        """Wait for the request to finish and return its Completion."""
+        if self._engine._thread is None:
+            while not self._request.done.is_set():
+                self._engine._pump(self._request)
+        self._request.done.wait()
+        if self._request.error is not None:
+            raise EngineError(str(self._request.error)) from self._request.error
+        return self._engine._completion(self._request)
