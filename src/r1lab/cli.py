@@ -17,6 +17,24 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "r1lab tokenizer --out runs/tok --vocab-size 512"),
     "tasks": ("r1lab.commands", "print examples of a built-in verifiable task",
               "r1lab tasks sample addition -n 5"),
+    "generate": ("r1lab.engine.cli", "generate a completion from a checkpoint",
+                 'r1lab generate runs/speedrun/final "What is 12 + 34?" --max-tokens 64'),
+    "pretrain": ("r1lab.train.pretrain", "next-token pretraining on text files or a task mixture",
+                 "r1lab pretrain --preset cpu-tiny --out runs/base max_steps=300"),
+    "sft": ("r1lab.train.sft", "supervised fine-tuning on chat data (loss on assistant tokens only)",
+            "r1lab sft --preset cpu-tiny --init runs/base/final --out runs/sft"),
+    "eval": ("r1lab.eval.cli", "evaluate a checkpoint: pass@1 over k samples, greedy, maj@k, response length",
+             "r1lab eval runs/speedrun/final --tasks addition,countdown --k 8 --out runs/eval.jsonl"),
+    "grpo": ("r1lab.train.grpo", "reinforcement learning on verifiable rewards (GRPO, Dr. GRPO, DAPO)",
+             "r1lab grpo --preset cpu-tiny --init runs/sft/final --out runs/grpo max_steps=100"),
+    "distill": ("r1lab.train.distill", "distill a teacher's verified reasoning (checkpoint or OpenAI-compatible URL) into a student",
+                "r1lab distill --teacher runs/r1/final --student runs/student-base/final --out runs/distill"),
+    "speedrun": ("r1lab.speedrun", "the whole R1 recipe end to end: base, R1-Zero, R1, distillation, eval, report card",
+                 "r1lab speedrun --preset cpu --out runs/speedrun"),
+    "serve": ("r1lab.serve.cli", "OpenAI-compatible API + chat page that streams the thinking",
+              "r1lab serve runs/speedrun/final --port 8000"),
+    "chat": ("r1lab.serve.chat", "chat with a checkpoint in the terminal, thinking shown dimmed",
+             "r1lab chat runs/speedrun/final"),
 }
 
 
@@ -49,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"r1lab {ns.command}", description=f"{help_}.\n\nexample: {example}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     getattr(module, f"add_{ns.command}_arguments", getattr(module, "add_arguments", None))(parser)
-    args = parser.parse_args(argv[1:])
+    args = parser.parse_intermixed_args(argv[1:])
     run = getattr(module, f"run_{ns.command}", getattr(module, "run", None))
     from .config import ConfigError
     from .model.checkpoint import CheckpointError
@@ -59,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"r1lab {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `r1lab ... | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"r1lab {ns.command}: interrupted", file=sys.stderr)
         return 130

@@ -111,18 +111,12 @@ def add_tasks_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_tasks(args) -> int:
     from . import tasks
-    from .config import parse_overrides
+    from .config import parse_knobs
 
     if args.action == "list":
         print("\n".join(tasks.names()))
         return 0
     if not args.name:
         raise FileNotFoundError("give a task name; one of: " + ", ".join(tasks.names()))
-    knobs = {}
-    for k, v in parse_overrides(args.overrides):
-        try:
-            knobs[k] = json.loads(v)
-        except ValueError:
-            knobs[k] = v
-    tasks.main_sample(args.name, args.n, args.seed, knobs)
+    tasks.main_sample(args.name, args.n, args.seed, parse_knobs(args.overrides))
     return 0

@@ -44,6 +44,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto = fp32 on CPU, bf16 autocast on GPU; or fp32 | bf16
     compile: bool = False
     device: str = "auto"
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 
 
 def field_names(obj: Any, prefix: str = "") -> list[str]:
@@ -143,6 +144,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
         k, v = item.split("=", 1)
         pairs.append((k.strip(), v.strip()))
     return pairs
+
+
+def parse_knobs(items: list[str]) -> dict[str, Any]:
+    """key=value pairs with JSON/YAML-typed values (digits=4 -> 4, noise=0.3 -> 0.3, name=x -> "x")."""
+    return {k: yaml.safe_load(v) if v else v for k, v in parse_overrides(items)}
 
 
 def build(cls: type, presets: dict[str, dict] | None = None, preset: str | None = None,

@@ -38,6 +38,15 @@ FACTORIES: dict[str, Callable[..., RewardFn]] = {
 }
 
 
+COLUMNS = ("answer", "task", "numbers", "target", "tests")  # the problem fields rewards read
+
+
+def columns_of(problems: list[dict], repeat: int = 1) -> dict[str, list]:
+    """Reward columns for problems whose completions come `repeat` at a time, problem by problem."""
+    return {key: [p.get(key) for p in problems for _ in range(repeat)]
+            for key in COLUMNS if any(key in p for p in problems)}
+
+
 def names() -> list[str]:
     return list(FACTORIES)
 

@@ -1,0 +1,210 @@
+"""The report card: runs/<name>/report.md with a verdict per finding, tables, plots and cost.
+
+Input is what the speedrun measured: one `Stage` per trained model (wall time, FLOPs, where its metrics
+are) and an evaluation per (stage, task). Nothing here trains or evaluates; it only writes down.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak, per GPU
+ASSUMED_MFU = 0.35  # what a well-tuned small-model run reaches on it
+PRICE_PER_GPU_HOUR = 2.50  # USD, a typical on-demand cloud price for one H100 (stated, not measured)
+
+
+@dataclass
+class Stage:
+    name: str  # e.g. "base", "r1-zero", "r1", "student-distilled"
+    checkpoint: str
+    wall_s: float
+    train_flops: float  # forward+backward FLOPs spent training this stage
+    gen_flops: float = 0.0  # forward FLOPs spent generating (GRPO rollouts, rejection sampling, teacher traces)
+    params: dict[str, int] = field(default_factory=dict)
+    metrics: str | None = None  # metrics.jsonl of a GRPO stage, for the curves
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> TaskResult.summary()
+
+
+@dataclass
+class Finding:
+    claim: str
+    passed: bool | None  # None: could not be measured
+    detail: str
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- plots
+
+def _smooth(values: list[float], window: int = 5) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1):i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def plot_grpo_curves(stages: list[Stage], path: Path) -> Path | None:
+    """Reward, accuracy and mean response length over GRPO steps, one line per GRPO stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [(s.name, read_metrics(s.metrics)) for s in stages if s.metrics]
+    curves = [(n, m) for n, m in curves if m]
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for key, ax, title in (("reward", axes[0], "mean reward"), ("accuracy", axes[1], "accuracy (train samples)"),
+                           ("response_length", axes[2], "mean response length (tokens)")):
+        for name, rows in curves:
+            xs = [r["step"] for r in rows if key in r]
+            ys = [r[key] for r in rows if key in r]
+            if xs:
+                line, = ax.plot(xs, ys, alpha=0.25)
+                ax.plot(xs, _smooth(ys), label=name, color=line.get_color(), linewidth=2)
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("GRPO training curves (thin: per step, thick: 5-step moving average)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(stages: list[Stage], tasks: list[str], path: Path, title: str, metric: str = "pass1") -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not stages or not tasks:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(stages) * max(1, len(tasks)) / 2 + 3), 4.2))
+    width = 0.8 / len(tasks)
+    for j, task in enumerate(tasks):
+        values = [100 * (s.evals.get(task, {}).get(metric) or 0) for s in stages]
+        xs = [i + j * width for i in range(len(stages))]
+        bars = ax.bar(xs, values, width, label=task)
+        for x, v in zip(xs, values):
+            ax.text(x, v + 1, f"{v:.0f}", ha="center", fontsize=8)
+    ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(stages))])
+    ax.set_xticklabels([s.name for s in stages], rotation=15)
+    ax.set_ylabel(f"{metric} (%) on held-out problems")
+    ax.set_ylim(0, 110)
+    ax.legend()
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- cost
+
+def cost(stages: list[Stage]) -> dict[str, float]:
+    flops = sum(s.train_flops + s.gen_flops for s in stages)
+    gpu_hours = flops / (H100_PEAK_FLOPS * ASSUMED_MFU) / 3600
+    return {"wall_s": sum(s.wall_s for s in stages), "train_flops": sum(s.train_flops for s in stages),
+            "gen_flops": sum(s.gen_flops for s in stages), "total_flops": flops, "h100_gpu_hours": gpu_hours,
+            "usd": gpu_hours * PRICE_PER_GPU_HOUR}
+
+
+# ---------------------------------------------------------------- the report
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Finding], tasks: list[str],
+                 title: str = "r1lab speedrun", notes: list[str] | None = None,
+                 extra_plots: list[tuple[str, list[Stage]]] | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    p = plot_grpo_curves(stages, out / "grpo_curves.png")
+    if p:
+        plots.append(("GRPO curves", p))
+    p = plot_bars(stages, tasks, out / "accuracy_by_stage.png", "pass@1 by stage")
+    if p:
+        plots.append(("Accuracy by stage", p))
+    for name, group in extra_plots or []:
+        file = out / (name.lower().replace(" ", "_").replace("/", "_") + ".png")
+        p = plot_bars(group, tasks, file, name)
+        if p:
+            plots.append((name, p))
+    c = cost(stages)
+    lines = [f"# {title}", ""]
+    for f in findings:
+        mark = "✅" if f.passed else ("⚠️ not measured" if f.passed is None else "❌")
+        lines.append(f"- {mark} **{f.claim}** — {f.detail}")
+    lines += ["", "## Results on held-out problems", "",
+              "| stage | task | pass@1 | greedy | maj@k | mean length | truncated |", "|---|---|---|---|---|---|---|"]
+    for s in stages:
+        for task in tasks:
+            e = s.evals.get(task)
+            if e:
+                lines.append(f"| {s.name} | {task} | {_pct(e.get('pass1'))} | {_pct(e.get('greedy'))} | {_pct(e.get('maj'))} "
+                             f"| {e.get('mean_length', 0):.1f} | {_pct(e.get('truncated'))} |")
+    ks = sorted({e.get("k") for s in stages for e in s.evals.values() if e.get("k")})
+    lines += ["", f"pass@1 is the mean accuracy over k={','.join(map(str, ks)) or '?'} samples at temperature 1; "
+              "maj@k grades the majority answer; length counts completion tokens.", ""]
+    for name, path in plots:
+        lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
+    lines += ["## Cost", "", "| stage | wall time | training FLOPs | generation FLOPs | parameters (total / activated) |",
+              "|---|---|---|---|---|"]
+    for s in stages:
+        params = f"{s.params.get('total', 0) / 1e6:.2f}M / {s.params.get('activated', 0) / 1e6:.2f}M" if s.params else "–"
+        lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.train_flops:.3g} | {s.gen_flops:.3g} | {params} |")
+    lines += ["", f"Total: {c['wall_s'] / 60:.1f} min wall time, {c['total_flops']:.3g} FLOPs. "
+              f"Projected to H100s at {ASSUMED_MFU:.0%} MFU of {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s (bf16 dense): "
+              f"{c['h100_gpu_hours'] * 3600:.2f} GPU-seconds = {c['h100_gpu_hours']:.2e} GPU-hours, "
+              f"${c['usd']:.2e} at ${PRICE_PER_GPU_HOUR:.2f} per GPU-hour (an assumed on-demand price).", ""]
+    lines += ["## Setup", "", f"- hardware: {hardware()}", f"- git commit: {git_commit()}"]
+    for note in notes or []:
+        lines.append(f"- {note}")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    summary = {
+        "findings": [asdict(f) for f in findings],
+        "table": [{"stage": s.name, "task": t, **s.evals[t]} for s in stages for t in tasks if t in s.evals],
+        "stages": [{k: v for k, v in asdict(s).items() if k != "evals"} for s in stages],
+        "cost": c,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out / "report.md"

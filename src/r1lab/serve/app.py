@@ -1,0 +1,167 @@
+"""The OpenAI-compatible HTTP API over one `Engine`: /v1/chat/completions (the thinking streamed as
+`reasoning_content`, the answer as `content`), /v1/completions, /v1/models, /health, /metrics, and
+the chat page at /.
+
+Every request shares the engine's continuous batch. Admission is bounded: at most
+`max_running + max_waiting` sequences are in flight, beyond that a request gets 429 at once rather than
+waiting without bound. A streaming client that goes away has its sequences cancelled, which frees their
+batch slots. `max_tokens` larger than what is left of the context is clamped to it (finish_reason
+"length" says so); a prompt that leaves no room at all is a 400 `context_length_exceeded`. A missing
+max_tokens means "up to the end of the context". A temperature below 1e-5 means greedy.
+
+Request fields we do not implement (logprobs, tools, response_format, ...) are ignored, as extra fields
+are; vLLM's `top_k` and `ignore_eos` are accepted.
+"""
+from __future__ import annotations
+
+import hmac
+from importlib import resources
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
+
+from .. import __version__
+from .errors import APIError, install_error_handlers
+from .generation import Job, JobStream, ServerState, chat_full, chat_stream, text_full, text_stream, with_disconnect_watch
+from .metrics import MetricsMiddleware
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, SamplingFields
+
+
+def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, max_waiting: int = 128,
+               max_running: int | None = None) -> FastAPI:
+    """The FastAPI app serving `engine` (already started: `engine.start()`) under the id `model_name`.
+
+    max_running defaults to the engine's own; with max_waiting it bounds the sequences in flight."""
+    running = max_running if max_running is not None else int(getattr(engine, "max_running", 64))
+    state = ServerState(engine, tokenizer, model_name, api_key or None, running + max_waiting, int(engine.max_model_len))
+    app = FastAPI(title="r1lab", version=__version__, description="OpenAI-compatible API for an r1lab checkpoint.")
+    app.state.server = state
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+
+    def check_key(request: Request) -> None:
+        if state.api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+            raise APIError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")
+
+    v1 = [Depends(check_key)]
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        page = resources.files("r1lab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": state.model_name, **_engine_stats(state)}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(state.metrics.render(_engine_stats(state)),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models", dependencies=v1)
+    def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=state.model_name, created=state.created, max_model_len=state.max_model_len)])
+
+    @app.post("/v1/chat/completions", dependencies=v1)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        _check_model(state, body)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        prompt = _encode(lambda: state.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        job = _admit(state, request, [prompt], body, max_tokens)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return JobStream(job, chat_stream(state, job, include_usage))
+        return await with_disconnect_watch(request, job, chat_full(state, job))
+
+    @app.post("/v1/completions", dependencies=v1)
+    async def completions(body: CompletionRequest, request: Request):
+        _check_model(state, body)
+        prompts = _completion_prompts(state, body.prompt)
+        echo = [state.tokenizer.decode(p) for p in prompts] if body.echo else None
+        job = _admit(state, request, prompts, body, body.max_tokens)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return JobStream(job, text_stream(state, job, include_usage, echo))
+        return await with_disconnect_watch(request, job, text_full(state, job, echo))
+
+    return app
+
+
+# ---------------------------------------------------------------- request checks
+
+def _engine_stats(state: ServerState) -> dict:
+    try:
+        return dict(state.engine.stats())
+    except Exception:  # noqa: BLE001 - metrics must never take the server down
+        return {}
+
+
+def _check_model(state: ServerState, body: SamplingFields) -> None:
+    if body.model is not None and body.model != state.model_name:
+        raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{state.model_name}'.",
+                       param="model", code="model_not_found")
+
+
+def _encode(fn) -> list[int]:
+    try:
+        return list(fn())
+    except (ValueError, TypeError, UnicodeError) as e:
+        raise APIError(400, f"cannot tokenize the prompt: {e}", param="messages") from e
+    except Exception as e:  # noqa: BLE001 - the Rust tokenizer raises plain Exception on unencodable text
+        raise APIError(400, f"cannot tokenize the prompt: {e}") from e
+
+
+def _completion_prompts(state: ServerState, prompt) -> list[list[int]]:
+    if isinstance(prompt, str):
+        texts = [prompt]
+    elif isinstance(prompt[0], str):
+        texts = prompt
+    else:
+        id_lists = [prompt] if isinstance(prompt[0], int) else prompt
+        vocab = state.tokenizer.vocab_size
+        for ids in id_lists:
+            if any(i >= vocab for i in ids):
+                raise APIError(400, f"token ids must be below the vocabulary size {vocab}", param="prompt")
+        return [list(ids) for ids in id_lists]
+    prompts = [_encode(lambda t=t: state.tokenizer.encode(t)) for t in texts]
+    if any(not p for p in prompts):
+        raise APIError(400, "the prompt is empty", param="prompt")
+    return prompts
+
+
+def _admit(state: ServerState, request: Request, prompts: list[list[int]], body: SamplingFields,
+           max_tokens: int | None) -> Job:
+    """Check the prompts fit, build one SamplingParams per choice, and take capacity (given back by `Job.release`)."""
+    from ..engine import SamplingParams
+
+    for p in prompts:
+        if len(p) >= state.max_model_len:
+            raise APIError(400, f"This model's maximum context length is {state.max_model_len} tokens; the prompt has "
+                           f"{len(p)} tokens, which leaves no room to generate.", param="messages",
+                           code="context_length_exceeded")
+    # a temperature this close to 0 would overflow logits / T: it means greedy (as vLLM treats it)
+    temperature = 0.0 if body.temperature < 1e-5 else body.temperature
+    seqs, params = [], []
+    for p in prompts:
+        room = state.max_model_len - len(p)
+        for i in range(body.n):
+            seed = None if body.seed is None else (body.seed + i) % (2**63)
+            params.append(SamplingParams(max_tokens=min(max_tokens or room, room), temperature=temperature,
+                                         top_p=body.top_p, top_k=body.top_k, seed=seed, stop=body.stop_list(),
+                                         ignore_eos=body.ignore_eos))
+            seqs.append(p)
+    if state.in_flight + len(seqs) > state.capacity:
+        raise APIError(429, f"The server is at capacity ({state.capacity} sequences in flight); retry shortly.",
+                       code="queue_full")
+    state.in_flight += len(seqs)
+    prompt_tokens = sum(len(p) for p in prompts)
+    state.metrics.prompt_tokens += prompt_tokens
+    request.state.usage = usage = [prompt_tokens, 0]
+    return Job(state, seqs, params, prompt_tokens, usage)

@@ -1,0 +1,93 @@
+"""`r1lab serve CKPT`: the OpenAI-compatible API and the chat page, served by uvicorn.
+
+    r1lab serve runs/speedrun/final --port 8000 --api-key secret
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'Authorization: Bearer secret' \\
+         -d '{"messages": [{"role": "user", "content": "What is 12 + 34?"}], "stream": true}'
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint folder (ours, or a Hugging Face DeepseekV3 folder)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("R1LAB_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $R1LAB_API_KEY, else no key)")
+    p.add_argument("--max-running", type=int, default=64, help="sequences decoded together in one batch")
+    p.add_argument("--max-waiting", type=int, default=128, help="sequences queued beyond the batch before 429")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--model-name", default=None, help="model id in the API (default: the checkpoint folder's name)")
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from .. import load
+    from ..engine import Engine
+    from .app import create_app
+
+    _log_to_stderr()
+    model, tokenizer = load(args.checkpoint)
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len)
+    app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting)
+    engine.start()
+    logging.getLogger("r1lab.serve").info("serving %s as '%s' at http://%s:%d%s", args.checkpoint, name, args.host,
+                                          args.port, " (API key required)" if args.api_key else "")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
+                    timeout_graceful_shutdown=2)
+    finally:
+        engine.stop()
+    return 0
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("r1lab.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+class ServerThread:
+    """uvicorn serving `app` from a background thread on a free loopback port (tests, benchmarks).
+
+        with ServerThread(app) as server:
+            httpx.get(server.url + "/health")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server thread did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()

@@ -1,0 +1,190 @@
+"""`r1lab distill`: a teacher's verified reasoning, distilled into a (smaller) student by SFT.
+
+    r1lab distill --teacher runs/r1/final --student runs/student-base/final --out runs/distill
+    r1lab distill --teacher http://127.0.0.1:8000/v1 --student runs/student-base/final --out runs/distill
+
+The teacher is a local checkpoint (sampled with r1lab's engine) or any OpenAI-compatible endpoint (its
+thinking read from `reasoning_content`, or from <think> tags in `content`). For each problem it writes k
+traces; the verifier keeps the correct, well-formed ones; they become `traces.jsonl` (chat `messages`),
+and the student is fine-tuned on them with `r1lab sft`'s loop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, TrainConfig, build
+from ..rewards import columns_of
+from .grpo import THINK_PREFIX
+from .sft import PRESETS as SFT_PRESETS
+
+
+@dataclass
+class TeacherSection:
+    tasks: str = "addition"
+    knobs: dict = field(default_factory=dict)  # per task difficulty, e.g. {"addition": {"digits": 4}}
+    problems: int = 400  # problems per task
+    k: int = 4  # traces per problem
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    keep_per_problem: int = 2  # verified traces kept per problem (distinct ones)
+    seed: int = 0
+    model: str = ""  # model name to send to an endpoint (default: the first one /v1/models lists)
+    api_key: str = ""
+    concurrency: int = 8
+
+
+@dataclass
+class DistillConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+
+
+PRESETS = {name: {"train": dict(p["train"])} for name, p in SFT_PRESETS.items()}
+
+
+def teacher_problems(cfg: TeacherSection) -> list[dict]:
+    from .. import tasks
+
+    out = []
+    for name in [t.strip() for t in cfg.tasks.split(",") if t.strip()]:
+        out += tasks.sample(name, cfg.problems, seed=cfg.seed + 17, split="train", **cfg.knobs.get(name, {}))
+    return out
+
+
+def responses_from_checkpoint(path: str, problems: list[dict], cfg: TeacherSection) -> list[list[str]]:
+    """k full responses ("<think>\\n...") per problem from a local checkpoint."""
+    import r1lab
+    from ..engine import Engine, SamplingParams
+
+    model, tokenizer = r1lab.load(path)
+    engine = Engine(model, tokenizer)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)
+               for p in problems]
+    params = [SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                             seed=cfg.seed * 100_003 + i * cfg.k + j) for i in range(len(problems)) for j in range(cfg.k)]
+    outs = engine.generate([p for p in prompts for _ in range(cfg.k)], params, progress=True)
+    texts = [THINK_PREFIX + o.text for o in outs]
+    return [texts[i * cfg.k:(i + 1) * cfg.k] for i in range(len(problems))]
+
+
+def response_from_message(message: dict) -> str:
+    """An OpenAI-style assistant message as one R1 response: thinking from `reasoning_content` (DeepSeek
+    API, vLLM) or already inside <think> tags in `content`."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        return f"<think>\n{reasoning.strip()}\n</think>\n{content.strip()}"
+    content = content.lstrip()
+    if "</think>" in content and not content.startswith("<think>"):
+        content = "<think>\n" + content  # a template that pre-fills <think> leaves it out of the output
+    return content
+
+
+def responses_from_endpoint(url: str, problems: list[dict], cfg: TeacherSection) -> list[list[str]]:
+    import concurrent.futures
+
+    import httpx
+
+    base = url.rstrip("/")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    with httpx.Client(timeout=300, headers=headers) as client:
+        model = cfg.model
+        if not model:
+            r = client.get(f"{base}/models")
+            r.raise_for_status()
+            model = r.json()["data"][0]["id"]
+
+        def ask(i: int) -> list[str]:
+            body = {"model": model, "messages": [{"role": "user", "content": problems[i]["prompt"]}], "n": cfg.k,
+                    "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
+                    "seed": cfg.seed * 100_003 + i}
+            r = client.post(f"{base}/chat/completions", json=body)
+            if r.status_code != 200:
+                raise ConfigError(f"teacher endpoint {base} answered {r.status_code}: {r.text[:300]}")
+            return [response_from_message(c["message"]) for c in r.json()["choices"]]
+
+        with concurrent.futures.ThreadPoolExecutor(cfg.concurrency) as pool:
+            return list(pool.map(ask, range(len(problems))))
+
+
+def verified_traces(problems: list[dict], responses: list[list[str]], keep: int) -> tuple[list[dict], dict]:
+    """Chat rows of the correct, well-formed responses (at most `keep` distinct ones per problem)."""
+    from ..rewards import get
+
+    accuracy, fmt = get("accuracy"), get("format")
+    rows, n_total, n_correct = [], 0, 0
+    for problem, texts in zip(problems, responses):
+        cols = columns_of([problem], len(texts))
+        ok = [a * f for a, f in zip(accuracy(texts, **cols), fmt(texts, **cols))]
+        n_total += len(texts)
+        n_correct += sum(ok)
+        seen: set[str] = set()
+        for text, good in zip(texts, ok):
+            if good and text not in seen and len(seen) < keep:
+                seen.add(text)
+                rows.append({"messages": [{"role": "user", "content": problem["prompt"]},
+                                          {"role": "assistant", "content": text}],
+                             "task": problem.get("task"), "answer": problem.get("answer")})
+    return rows, {"teacher_traces": n_total, "teacher_correct": n_correct / max(n_total, 1),
+                  "problems_with_a_trace": len({r["messages"][0]["content"] for r in rows}) / max(len(problems), 1)}
+
+
+def make_traces(teacher: str, cfg: TeacherSection, out: Path) -> dict:
+    problems = teacher_problems(cfg)
+    if teacher.startswith(("http://", "https://")):
+        responses = responses_from_endpoint(teacher, problems, cfg)
+    else:
+        responses = responses_from_checkpoint(teacher, problems, cfg)
+    rows, stats = verified_traces(problems, responses, cfg.keep_per_problem)
+    if not rows:
+        raise ConfigError(f"the teacher {teacher} got no problem right: nothing to distill")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "traces.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    stats["kept_traces"] = len(rows)
+    (out / "traces_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def distill(teacher: str, student: str, out: str, cfg: DistillConfig, resume: bool = False, preset: str | None = None) -> dict:
+    from .data import ChatStream, DataConfig
+    from .pretrain import train_command
+    from .sft import SFTConfig
+
+    out_dir = Path(out)
+    traces = out_dir / "traces.jsonl"
+    if resume and traces.exists() and (out_dir / "traces_stats.json").exists():
+        stats = json.loads((out_dir / "traces_stats.json").read_text())
+    else:
+        stats = make_traces(teacher, cfg.teacher, out_dir)
+    print(f"distill: {stats['kept_traces']} verified traces (teacher right on {stats['teacher_correct']:.0%} of its samples)",
+          file=sys.stderr)
+    sft_cfg = SFTConfig(train=cfg.train, data=DataConfig(files=[str(traces)]))
+    args = argparse.Namespace(out=str(out_dir / "sft"), resume=resume, init=student, tokenizer=None, data=[str(traces)])
+    train_command(sft_cfg, args, lambda source, tok, c: ChatStream(source, tok, c.train.seq_len, c.train.batch_size,
+                                                                   packing=c.data.packing), "distill")
+    return stats
+
+
+def add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher checkpoint folder, or an OpenAI-compatible base URL")
+    p.add_argument("--student", required=True, metavar="CKPT", help="student checkpoint to fine-tune (e.g. a smaller base model)")
+    p.add_argument("--out", required=True, help="run folder: traces.jsonl, then the SFT run in sft/ (final model: sft/final)")
+    p.add_argument("--preset", default="cpu-micro", help=f"SFT preset for the student ({', '.join(PRESETS)}) or YAML")
+    p.add_argument("--resume", action="store_true", help="reuse traces.jsonl and resume the SFT run")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. teacher.k=8 teacher.tasks=addition,countdown max_steps=300")
+
+
+def run_distill(args) -> int:
+    cfg = build(DistillConfig, PRESETS, args.preset, args.overrides)
+    distill(args.teacher, args.student, args.out, cfg, args.resume)
+    print(f"student: {Path(args.out) / 'sft' / 'final'}")
+    return 0

@@ -1,0 +1,53 @@
+"""`r1lab sft`: supervised fine-tuning on chat examples, with the loss on the assistant's tokens only.
+
+    r1lab sft --preset cpu-tiny --init runs/base/final --out runs/sft
+    r1lab sft --preset cpu-tiny --init runs/base/final --out runs/sft --data chats.jsonl
+    r1lab sft --preset cpu-tiny --out runs/sft data.tasks=addition       # from a fresh model
+
+An example is the chat prompt up to the prefilled "<｜Assistant｜><think>\\n" (no loss) and the rest of the
+assistant turn through its EOS token (loss). Rows: the built-in tasks' reference traces (default), or
+JSONL/Parquet rows with `messages` (the last one the assistant's), or `prompt` + `completion`
+(also question/answer style keys). Several examples share a row without seeing each other (packing,
+data.packing=true) or each gets its own padded row (data.packing=false).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from ..config import TrainConfig, build
+from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
+from .data import ChatStream, DataConfig
+from .pretrain import add_common_arguments, train_command
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+PRESETS: dict[str, dict] = {
+    "cpu-tiny": {"model": MODEL_PRESETS["cpu-tiny"],
+                 "train": dict(max_steps=600, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1,
+                               weight_decay=0.0, save_every=200)},
+    "cpu-micro": {"model": MODEL_PRESETS["cpu-micro"],
+                  "train": dict(max_steps=600, batch_size=16, seq_len=256, lr=4e-3, warmup_steps=30, save_every=200)},
+    "cpu-20m": {"model": MODEL_PRESETS["cpu-20m"],
+                "train": dict(max_steps=600, batch_size=16, seq_len=512, lr=1e-3, warmup_steps=30, save_every=200)},
+    "gpu-small": {"model": MODEL_PRESETS["gpu-small"],
+                  "train": dict(max_steps=2000, batch_size=64, micro_batch_size=16, seq_len=2048, lr=2e-4,
+                                warmup_steps=100, save_every=500)},
+}
+
+
+def add_sft_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p, PRESETS)
+    p.add_argument("--init", metavar="CKPT", help="checkpoint to fine-tune (model + tokenizer); without it, a fresh model of the preset")
+
+
+def run_sft(args) -> int:
+    cfg = build(SFTConfig, PRESETS, args.preset, args.overrides)
+    return train_command(cfg, args, lambda source, tok, c: ChatStream(source, tok, c.train.seq_len, c.train.batch_size,
+                                                                      packing=c.data.packing), "sft")
