@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 OUT="${1:-runs/speedrun}"
-exec .venv/bin/r1lab init --preset cpu-tiny --out "$OUT/init"
+exec .venv/bin/r1lab speedrun --preset cpu --out "$OUT"
