@@ -58,6 +58,7 @@ class GRPOSection:
     overlong_penalty: float = 1.0
     dynamic_sampling: bool = True
     max_sampling_rounds: int = 4  # tries to fill the batch with informative groups
+    time_limit_s: float = 0.0  # stop (and save) after this much wall time, even before max_steps (0: no limit)
     micro_batch_size: int = 64  # completions per forward/backward
     samples_every: int = 10  # write a few completions to samples.jsonl every N steps
     samples_per_log: int = 4
@@ -404,9 +405,16 @@ def train_grpo(cfg: GRPOConfig, init: str, out: str, resume: bool = False) -> No
                 for ex in stats.examples:
                     samples.write(json.dumps(ex) + "\n")
                 samples.flush()
-            if step % max(1, tc.save_every) == 0 or step == tc.max_steps:
+            out_of_time = gc.time_limit_s > 0 and time.perf_counter() - started >= gc.time_limit_s
+            if dist.enabled:  # every rank must stop at the same step
+                out_of_time = bool(all_reduce_sum([float(out_of_time)], dist)[0])
+            if out_of_time and dist.is_main:
+                print(f"grpo: time limit of {gc.time_limit_s:.0f} s reached at step {step}", file=sys.stderr)
+            if step % max(1, tc.save_every) == 0 or step == tc.max_steps or out_of_time:
                 ckpt.save(step, model, tokenizer, optimizer, prompts.state_dict(),
                           extra={"reference": init} if reference is not None else None, wrapped=wrapped)
+            if out_of_time:
+                break
     finally:
         progress.close()
         logger.close()
