@@ -16,6 +16,16 @@ def test_digits_are_one_token_each(tokenizer):
     assert [tokenizer.decode([i]) for i in ids] == list("12345")
 
 
+def test_think_tags_survive_skipping_special_tokens(tmp_path, tokenizer):
+    transformers = pytest.importorskip("transformers")
+    ids = tokenizer.encode("<think>\n1+1=2\n</think>\nThe answer is 2.")
+    assert tokenizer.think_token_id in ids and tokenizer.end_think_token_id in ids
+    assert tokenizer.decode(ids + [tokenizer.eos_token_id], skip_special_tokens=True) == "<think>\n1+1=2\n</think>\nThe answer is 2."
+    tokenizer.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.decode(ids, skip_special_tokens=True) == "<think>\n1+1=2\n</think>\nThe answer is 2."
+
+
 def test_generation_prompt_opens_thinking(tokenizer):
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
     assert text.endswith(ASSISTANT + THINK + "\n")

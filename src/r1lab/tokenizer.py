@@ -153,4 +153,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
-    return Tokenizer(backend)
+    # <think> and </think> are ordinary text to a reader (as in DeepSeek-R1's tokenizer): a decode that
+    # skips special tokens, as TRL's and vLLM's do, must keep them or the format reward can never fire
+    spec = json.loads(backend.to_str())
+    for token in spec["added_tokens"]:
+        if token["content"] in (THINK, END_THINK):
+            token["special"] = False
+    return Tokenizer(HFTokenizer.from_str(json.dumps(spec)))
