@@ -13,7 +13,7 @@ B*G completions (no KL term, one policy update per generation: beta=0, mu=num_it
          in one micro-batch (per_device_train_batch_size = generation_batch_size = B*G, no accumulation);
          a step is timed from on_step_begin to on_step_end by a TrainerCallback. Prompts are the rendered
          chat strings (checked to tokenize to r1lab's ids); the rewards get "<think>\\n" + completion, and
-         TRL's tokenizer keeps <think>/</think> when decoding (see hf_view), so both score the same text.
+         TRL's tokenizer keeps <think>/</think> when decoding (they are not special tokens), so both score the same text.
 
 Each side runs one warm-up step first (untimed), then --steps timed steps, the two sides' timed steps
 alternating (r1lab's step i runs from TRL's callback right before TRL's step i), so that the load from other
@@ -165,22 +165,6 @@ def r1lab_stepper(folder: Path, args) -> tuple[Callable[[int], None], Timing]:
 
 # ---------------------------------------------------------------- TRL
 
-def hf_view(folder: Path) -> Path:
-    """The checkpoint as TRL should see it: r1lab's tokenizer.json marks <think> and </think> special, and
-    TRL decodes completions with skip_special_tokens=True, which would drop them, so its format reward
-    could never fire. Here they are plain added tokens (as in DeepSeek-R1's own tokenizer.json); they
-    still encode to the same ids, and only decoding changes."""
-    view = folder.parent / "hf_view"
-    shutil.copytree(folder, view)
-    path = view / "tokenizer.json"
-    spec = json.loads(path.read_text())
-    for token in spec["added_tokens"]:
-        if token["content"] in ("<think>", "</think>"):
-            token["special"] = False
-    path.write_text(json.dumps(spec, ensure_ascii=False))
-    return view
-
-
 def trl_rewards() -> tuple[list, list[float]]:
     """r1lab's rewards for TRL: TRL hands over the completion without the prompt's prefilled "<think>\\n"
     (it ends the prompt string), r1lab's rewards expect the whole response, so re-attach it."""
@@ -218,9 +202,8 @@ def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing
     rows = [{"prompt": render_chat([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True),
              **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(problems)]
     dataset = datasets.Dataset.from_list(rows)
-    view = hf_view(folder)
-    tokenizer = AutoTokenizer.from_pretrained(view)
-    model = AutoModelForCausalLM.from_pretrained(view, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     # TRL tokenizes a string prompt with the tokenizer's defaults: it must give r1lab's exact prompt ids
     ours = Tokenizer.load(folder)
     for row, problem in zip(rows, problems):
