@@ -74,7 +74,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=400, help="held-out problems (misconception: only the touched ones matter)")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("overrides", nargs="*", help="GRPO key=value overrides")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     import torch
 
     torch.set_num_threads(1)
