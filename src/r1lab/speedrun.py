@@ -40,7 +40,7 @@ class SpeedrunConfig:
     student_pretrain_steps: int = 300
     # R1-Zero and R1
     grpo_steps: int = 40  # each GRPO stage
-    grpo_lr: float = 5e-4
+    grpo_lr: float = 5e-5
     grpo_group_size: int = 8
     grpo_prompts: int = 16
     max_new_tokens: int = 128
