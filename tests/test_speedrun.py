@@ -1,0 +1,26 @@
+"""The whole recipe, shortened (every stage, a few steps each): it must leave a report card, its data and a
+servable final checkpoint. Slow: about 10 minutes on 2 cores."""
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_shortened_speedrun_end_to_end(tmp_path):
+    import r1lab
+    from r1lab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["speedrun", "--preset", "cpu-smoke", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# r1lab speedrun") and "## Cost" in report
+    summary = json.loads((out / "summary.json").read_text())
+    stages = {row["stage"] for row in summary["table"]}
+    assert {"base", "r1-zero", "r1", "student-distilled", "student-rl"} <= stages
+    assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0
+    for png in ("grpo_curves.png", "accuracy_by_stage.png"):
+        assert (out / png).stat().st_size > 1000
+    model, tok = r1lab.load(out / "final")
+    assert tok.decode(tok.encode("What is 1 + 2?")) == "What is 1 + 2?"
+    # a second run skips every finished stage
+    assert main(["speedrun", "--preset", "cpu-smoke", "--out", str(out)]) == 0
