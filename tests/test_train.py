@@ -152,6 +152,19 @@ def test_data_files(tmp_path, tokenizer):
     assert chats.n_targets > 0
 
 
+def test_data_files_then_overrides_on_the_command_line(tmp_path):
+    import argparse
+
+    from r1lab.train.pretrain import add_pretrain_arguments, split_data_args
+
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    parser = argparse.ArgumentParser()
+    add_pretrain_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--data", str(tmp_path / "a.jsonl"), "max_steps=5", "lr=1e-3"])
+    split_data_args(args)
+    assert args.data == [str(tmp_path / "a.jsonl")] and args.overrides == ["max_steps=5", "lr=1e-3"]
+
+
 # ---------------------------------------------------------------- one step, checkpoints
 
 def _run(tmp_path, **train):
@@ -247,16 +260,17 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, tok_dir, command):
     assert "max_steps: 40" in config and "hidden_size: 32" in config
 
 
-def test_fresh_run_refuses_a_used_folder(tmp_path, tok_dir):
-    args = ["pretrain", "--tokenizer", tok_dir, *TINY, "seq_len=16", "batch_size=2", "max_steps=2", "save_every=1",
-            "--out", tmp_path / "run"]
-    subprocess.run(_cli(*args), check=True, capture_output=True, env=ENV)
-    again = subprocess.run(_cli(*args), capture_output=True, text=True, env=ENV)
-    assert again.returncode == 2 and "--resume" in again.stderr
-    import r1lab
+def test_fresh_run_refuses_a_used_folder(tmp_path, tokenizer):
+    from r1lab.config import ConfigError
+    from r1lab.train.loop import setup_run
 
-    model, tok = r1lab.load(tmp_path / "run" / "final")
-    assert model.config.vocab_size >= tok.vocab_size and model.config.eos_token_id == tok.eos_token_id
+    cfg = TrainConfig(max_steps=2)
+    run = setup_run(tmp_path, None, resume=False, train_cfg=cfg)  # an empty folder is fine
+    model = tiny_model(tokenizer)
+    Checkpointer(run).save(1, model, tokenizer, make_optimizer(model, cfg), {})
+    with pytest.raises(ConfigError, match="--resume"):
+        setup_run(tmp_path, None, resume=False, train_cfg=cfg)
+    assert setup_run(tmp_path, None, resume=True, train_cfg=cfg).resume_from == tmp_path / "checkpoints" / "step_1"
 
 
 # ---------------------------------------------------------------- SFT learns addition

@@ -198,6 +198,7 @@ class Batch:
     labels: torch.Tensor
     position_ids: torch.Tensor | None = None
     attn_mask: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # more per-row tensors for a custom loss (GRPO)
 
     @property
     def n_targets(self) -> int:
@@ -206,11 +207,13 @@ class Batch:
 
     def rows(self, start: int, stop: int) -> "Batch":
         pick = lambda t: None if t is None else t[start:stop]  # noqa: E731
-        return Batch(self.input_ids[start:stop], self.labels[start:stop], pick(self.position_ids), pick(self.attn_mask))
+        return Batch(self.input_ids[start:stop], self.labels[start:stop], pick(self.position_ids), pick(self.attn_mask),
+                     {k: v[start:stop] for k, v in self.extra.items()})
 
     def to(self, device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.labels), move(self.position_ids), move(self.attn_mask))
+        return Batch(move(self.input_ids), move(self.labels), move(self.position_ids), move(self.attn_mask),
+                     {k: move(v) for k, v in self.extra.items()})
 
 
 class PackedStream:

@@ -264,8 +264,8 @@ def train_step(wrapped: nn.Module, model: Transformer, optimizer: torch.optim.Op
             (loss * (w * dist.world_size)).backward()
         if w:
             loss_sum += w * loss.item()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + w * v
+        for k, v in parts.items():  # every key on every rank, even at weight 0: the all-reduce needs them all
+            parts_sum[k] = parts_sum.get(k, 0.0) + (w * v if w else 0.0)
     max_norm = run.train.grad_clip if run.train.grad_clip > 0 else float("inf")
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
@@ -503,7 +503,7 @@ GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A8
              "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
 
 
-def peak_flops(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+def peak_flops(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
     """The device's matmul peak FLOP/s, the denominator of MFU. R1LAB_PEAK_FLOPS overrides; known GPUs
     come from a table; anything else is measured once (best of a few fp32 matmuls)."""
     if os.environ.get("R1LAB_PEAK_FLOPS"):
@@ -583,7 +583,7 @@ def fit(run: RunState, model: Transformer, tokenizer, data: DataStream, *, desc:
                 raise FloatingPointError(f"loss is {stats.loss} at step {step}; lower lr or check the data")
             logger.log(record)
             progress.update(step, record)
-            if step % max(1, cfg.save_every) == 0 or step == cfg.max_steps:
+            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
                 ckpt.save(step, model, tokenizer, optimizer, data.state_dict(), wrapped=wrapped)
     finally:
         progress.close()

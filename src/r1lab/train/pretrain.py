@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, build
 from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
@@ -64,6 +65,13 @@ def tokenizer_corpus(data: DataConfig, source) -> Callable[[], Iterable[str]]:
     return builtin_corpus
 
 
+def split_data_args(args) -> None:
+    """`--data a.jsonl b.jsonl max_steps=5`: argparse hands the key=value items to --data; give them back."""
+    files = args.data or []
+    args.overrides = [*args.overrides, *(f for f in files if "=" in f and not Path(f).exists())]
+    args.data = [f for f in files if "=" not in f or Path(f).exists()]
+
+
 def train_command(cfg, args, make_stream: Callable, desc: str) -> int:
     """What pretrain and SFT share: run folder, model + tokenizer, config.yaml, the loop, teardown."""
     import torch.distributed as tdist
@@ -90,6 +98,7 @@ def train_command(cfg, args, make_stream: Callable, desc: str) -> int:
 
 
 def run_pretrain(args) -> int:
+    split_data_args(args)
     cfg = build(PretrainConfig, PRESETS, args.preset, args.overrides)
     return train_command(cfg, args, lambda source, tok, c: PackedStream(source, tok, c.train.seq_len, c.train.batch_size),
                          "pretrain")

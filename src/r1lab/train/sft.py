@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..config import TrainConfig, build
 from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
 from .data import ChatStream, DataConfig
-from .pretrain import add_common_arguments, train_command
+from .pretrain import add_common_arguments, split_data_args, train_command
 
 
 @dataclass
@@ -48,6 +48,7 @@ def add_sft_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sft(args) -> int:
+    split_data_args(args)
     cfg = build(SFTConfig, PRESETS, args.preset, args.overrides)
     return train_command(cfg, args, lambda source, tok, c: ChatStream(source, tok, c.train.seq_len, c.train.batch_size,
                                                                       packing=c.data.packing), "sft")
