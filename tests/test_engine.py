@@ -91,7 +91,14 @@ def test_greedy_with_cache_equals_full_recomputation(tokenizer, variant):
     out = engine.generate(batch, SamplingParams(max_tokens=12, **GREEDY))
     for p, c in zip(batch, out):
         assert c.finish_reason == "length" and c.prompt_token_ids == p
-        assert c.token_ids == greedy_by_recomputation(model, p, 12)
+        expected = greedy_by_recomputation(model, p, 12)
+        # equal token for token; only a genuine tie (top-2 logits within float noise) may break the chain
+        for i, (got, want) in enumerate(zip(c.token_ids, expected)):
+            if got != want:
+                with torch.no_grad():
+                    top2 = model(torch.tensor([p + expected[:i]]))[0, -1].topk(2).values
+                assert (top2[0] - top2[1]).abs().item() < 1e-4, f"token {i}: {got} != {want}, not a tie"
+                break
 
 
 @pytest.mark.parametrize("variant", ["mla-moe", "q-lora", "no-interleave-yarn", "mha"])
