@@ -61,6 +61,33 @@ def test_no_weight_decay_on_norms_and_embeddings(tokenizer):
     assert len(decayed) + len(opt.param_groups[1]["params"]) == len(list(model.parameters()))
 
 
+def test_muon_for_block_matrices_adamw_for_the_rest(tokenizer):
+    from r1lab.train.optim import Muon, Optimizers, orthogonalize
+
+    torch.manual_seed(0)
+    g = torch.randn(3, 40, 24)
+    s = torch.linalg.svdvals(orthogonalize(g))
+    assert s.min() > 0.5 and s.max() < 1.3  # every direction moves at about the same rate
+    model = tiny_model(tokenizer)
+    opt = make_optimizer(model, TrainConfig(optimizer="muon"))
+    assert isinstance(opt, Optimizers) and isinstance(opt.optimizers[0], Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in opt.optimizers[0].param_groups for p in g["params"]}
+    assert "model.layers.1.mlp.shared_experts.up_proj.weight" in in_muon and "model.layers.0.self_attn.o_proj.weight" in in_muon
+    assert not any(n.endswith(("gate.weight", "norm.weight")) or "embed" in n or "lm_head" in n or ".experts." in n
+                   for n in in_muon)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = model.model.layers[0].self_attn.o_proj.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.model.layers[0].self_attn.o_proj.weight)
+    again = make_optimizer(model, TrainConfig(optimizer="muon"))
+    again.load_state_dict(opt.state_dict())
+    assert torch.equal(again.optimizers[0].state[model.model.layers[0].self_attn.o_proj.weight]["momentum_buffer"],
+                       opt.optimizers[0].state[model.model.layers[0].self_attn.o_proj.weight]["momentum_buffer"])
+
+
 # ---------------------------------------------------------------- SFT examples
 
 def test_loss_only_on_the_assistant_completion(tokenizer):

@@ -45,6 +45,7 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    optimizer: str = "adamw"  # adamw | muon (Muon for the matrices inside the blocks, AdamW for the rest)
 
 
 def field_names(obj: Any, prefix: str = "") -> list[str]:

@@ -135,16 +135,31 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- optimizer and schedule
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices, not on norms, biases or the embedding table."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig):
+    """AdamW; weight decay only on matrices, not on norms, biases or the embedding table.
+    train.optimizer=muon: Muon for the matrices inside the blocks (attention, dense and shared MLPs), AdamW
+    for the embedding, head, norms, routers and routed experts (see optim.py); one lr for both."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ConfigError(f"train.optimizer must be adamw or muon, got {cfg.optimizer!r}")
+    # routed experts stay on AdamW: each sees a fraction of the tokens, and orthogonalising their many
+    # small matrices would cost most of Muon's time on a CPU for no measured gain
+    muon = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and n.startswith(("model.layers.", "mtp."))
+            and not n.endswith("mlp.gate.weight") and ".mlp.experts." not in n]
+    taken = {id(p) for p in muon}
+    decay = [p for _, p in named if id(p) not in taken and p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for _, p in named if id(p) not in taken and (p.dim() < 2 or id(p) in embeddings)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused or None)
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused or None)
+    if not muon:
+        return adamw
+    if cfg.fsdp:
+        raise ConfigError("train.optimizer=muon needs whole matrices; it does not combine with train.fsdp=true")
+    from .optim import Muon, Optimizers
+
+    return Optimizers(Muon(muon, lr=cfg.lr, weight_decay=cfg.weight_decay), adamw)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
