@@ -69,7 +69,7 @@ def main() -> int:
     p.add_argument("kind", choices=["slip", "misconception"])
     p.add_argument("out")
     p.add_argument("--noise", type=float, help="share of teacher traces affected (default 0.3 slip, 0.8 misconception)")
-    p.add_argument("--sft-steps", type=int, default=600)
+    p.add_argument("--sft-steps", type=int, default=500, help="SFT steps (the cpu-tiny SFT preset: 500, Muon)")
     p.add_argument("--minutes", type=float, default=15.0, help="GRPO wall-time budget")
     p.add_argument("--n", type=int, default=400, help="held-out problems (misconception: only the touched ones matter)")
     p.add_argument("--k", type=int, default=4)

@@ -34,6 +34,7 @@ class Finding:
     claim: str
     passed: bool | None  # None: could not be measured
     detail: str
+    observation: bool = False  # reported either way, not a target (passed is then None)
 
 
 def git_commit() -> str:
@@ -172,7 +173,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     c = cost(stages)
     lines = [f"# {title}", ""]
     for f in findings:
-        mark = "✅" if f.passed else ("⚠️ not measured" if f.passed is None else "❌")
+        mark = "ℹ️" if f.observation else "✅" if f.passed else ("⚠️ not measured" if f.passed is None else "❌")
         lines.append(f"- {mark} **{f.claim}** — {f.detail}")
     lines += ["", "## Results on held-out problems", "",
               "| stage | task | pass@1 | greedy | maj@k | mean length | truncated |", "|---|---|---|---|---|---|---|"]

@@ -501,7 +501,11 @@ class Progress:
     def update(self, step: int, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        info = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  MFU {record['mfu']:.1%}"
+        if "reward" in record:  # GRPO: the loss hovers near 0 by construction; the reward is what moves
+            acc = f"  acc {record['accuracy']:.2f}" if "accuracy" in record else ""
+            info = f"reward {record['reward']:.3f}{acc}  len {record['response_length']:.0f}  {record['tokens_per_s']:,.0f} tok/s"
+        else:
+            info = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  MFU {record['mfu']:.1%}"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif step % self.log_every == 0 or step == self.total:

@@ -29,10 +29,16 @@ class PretrainConfig:
 
 
 PRESETS: dict[str, dict] = {
+    # On the addition + countdown mixture (30% slipped traces) cpu-tiny learns to copy the operands' digits
+    # in a sudden drop of the loss around step 250-350 with Muon: after 600 steps, 2 seeds gave 94% and 98%
+    # greedy on held-out 4-digit additions (pass@1 at temperature 1: 50%, 48%); 300 Muon steps or 300 AdamW
+    # steps gave 0%, and 400 steps at lr 6e-3 also 0%
     "cpu-tiny": {"model": MODEL_PRESETS["cpu-tiny"],
-                 "train": dict(max_steps=300, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30, save_every=100)},
+                 "train": dict(max_steps=600, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30, save_every=200,
+                               optimizer="muon")},
     "cpu-micro": {"model": MODEL_PRESETS["cpu-micro"],
-                  "train": dict(max_steps=300, batch_size=16, seq_len=256, lr=4e-3, warmup_steps=30, save_every=100)},
+                  "train": dict(max_steps=600, batch_size=16, seq_len=256, lr=4e-3, warmup_steps=30, save_every=200,
+                                optimizer="muon")},
     "cpu-20m": {"model": MODEL_PRESETS["cpu-20m"],
                 "train": dict(max_steps=500, batch_size=16, seq_len=512, lr=1.5e-3, warmup_steps=50, save_every=100)},
     "gpu-small": {"model": MODEL_PRESETS["gpu-small"],
