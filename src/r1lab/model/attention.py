@@ -164,7 +164,15 @@ class MHA(nn.Module):
 
 
 def sdpa(q, k, v, attn_mask, scale):
-    """Causal attention; attn_mask (bool, True = may attend) replaces the causal mask when given."""
+    """Causal attention; attn_mask (bool, True = may attend) replaces the causal mask when given.
+    MLA's values are narrower than its queries/keys (v_head_dim < qk_head_dim); PyTorch's fused CPU kernel
+    wants one head size, so on CPU the values are zero-padded and the padding cut off again (the math
+    fallback it avoids takes about twice as long in the forward pass; same result to 1e-6)."""
+    dv = v.shape[-1]
+    if dv < q.shape[-1] and q.device.type == "cpu":
+        v = F.pad(v, (0, q.shape[-1] - dv))
     if attn_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return out[..., :dv]
