@@ -184,7 +184,7 @@ class Speedrun:
 
         c = self.cfg
         cfg = build(GRPOConfig, PRESETS, model_preset, [])
-        cfg.train.max_steps, cfg.train.seed, cfg.train.lr = steps or c.grpo_steps, c.seed, c.grpo_lr
+        cfg.train.max_steps, cfg.train.seed, cfg.train.lr = c.grpo_steps if steps is None else steps, c.seed, c.grpo_lr
         cfg.train.save_every = max(cfg.train.max_steps // 2, 1)
         g = cfg.grpo
         g.tasks, g.knobs = c.tasks, {k: v for k, v in c.knobs.items() if k in self.task_list}

@@ -145,11 +145,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
         raise ConfigError(f"train.optimizer must be adamw or muon, got {cfg.optimizer!r}")
     # routed experts stay on AdamW: each sees a fraction of the tokens, and orthogonalising their many
     # small matrices would cost most of Muon's time on a CPU for no measured gain
-    muon = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and n.startswith(("model.layers.", "mtp."))
-            and not n.endswith("mlp.gate.weight") and ".mlp.experts." not in n]
-    taken = {id(p) for p in muon}
-    decay = [p for _, p in named if id(p) not in taken and p.dim() >= 2 and id(p) not in embeddings]
-    no_decay = [p for _, p in named if id(p) not in taken and (p.dim() < 2 or id(p) in embeddings)]
+    muon, decay, no_decay = [], [], []
+    for n, p in named:
+        if (cfg.optimizer == "muon" and p.dim() == 2 and n.startswith(("model.layers.", "mtp."))
+                and not n.endswith("mlp.gate.weight") and ".mlp.experts." not in n):
+            muon.append(p)
+        else:
+            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = next(model.parameters()).is_cuda
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused or None)

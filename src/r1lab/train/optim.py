@@ -6,8 +6,9 @@ every direction of the update moves at the same rate. On the small models here i
 arithmetic tasks in about a third of AdamW's steps. The update is rescaled by 0.2 * sqrt(max(rows, cols))
 to match AdamW's update size, so the same lr and weight decay serve both.
 
-Written here in fp32 with same-shape matrices (the routed experts) orthogonalised in one batched
-product: torch.optim.Muon works in bf16 one matrix at a time, which is slow on CPUs without bf16 units.
+Written here in fp32 with same-shape matrices (the same projection in every layer) orthogonalised in one
+batched product: torch.optim.Muon works in bf16 one matrix at a time, which is slow on CPUs without bf16
+units. make_optimizer (loop.py) decides which matrices Muon gets; the routed experts stay on AdamW.
 """
 from __future__ import annotations
 
