@@ -43,7 +43,10 @@ class KVCache:
         new_slots = min(self.max_slots, max(slots, 2 * self.slots)) if slots > self.slots else self.slots
         new_len = min(self.max_len, max(length, 2 * self.length)) if length > self.length else self.length
         layers = self.cfg.num_hidden_layers
-        grown = [torch.empty(layers, new_slots, new_len, *row, dtype=self.dtype, device=self.device)
+        # zeros, not empty: attention reads every slot up to the longest sequence and masks the positions past
+        # a shorter one with an additive -inf, which does not neutralise NaN/inf left in uninitialised memory
+        # (it made whole rows of logits NaN, hence token 0, in about half of the full test runs)
+        grown = [torch.zeros(layers, new_slots, new_len, *row, dtype=self.dtype, device=self.device)
                  for row in self._row_shapes()]
         for old, new in zip(self.tensors, grown):
             new[:, :self.slots, :self.length] = old
