@@ -302,7 +302,9 @@ def run_python(
             returncode=process.returncode,
             stdout=stdout.decode("utf-8", errors="replace"),
             stderr=stderr.decode("utf-8", errors="replace"),
-            timed_out=timed_out,
+            # RLIMIT_CPU is the timeout rounded up: a busy loop can reach it (SIGXCPU) just before the
+            # parent, slowed by a loaded machine, sees the wall-clock deadline; either way it ran out of time
+            timed_out=timed_out or process.returncode == -signal.SIGXCPU,
             output_truncated=truncated,
             wall_s=time.monotonic() - started,
             uid=uid,
