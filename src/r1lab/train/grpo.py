@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, TrainConfig, build
 from ..rewards import columns_of
 from .grpo_loss import group_advantages, overlong_penalty, policy_loss
-from .loop import (Checkpointer, MetricsLogger, Progress, all_reduce_sum, autocast, full_state, init_model, make_optimizer,
+from .loop import (Checkpointer, distributed_job, MetricsLogger, Progress, all_reduce_sum, autocast, full_state, init_model, make_optimizer,
                    lr_at, peak_flops, save_config, seed_everything, setup_run, train_step, wrap_model, _is_fsdp)
 
 THINK_PREFIX = "<think>\n"  # pre-filled by the chat template; rewards see the whole response
@@ -442,12 +442,7 @@ def add_grpo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_grpo(args) -> int:
-    import torch.distributed as tdist
-
     cfg = build(GRPOConfig, PRESETS, args.preset, args.overrides)
-    try:
+    with distributed_job():
         train_grpo(cfg, args.init, args.out, args.resume)
-    finally:
-        if tdist.is_available() and tdist.is_initialized():
-            tdist.destroy_process_group()
     return 0

@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,20 @@ def init_distributed(device: str = "auto") -> Dist:
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     return Dist(rank, world, local, dev)
+
+
+@contextmanager
+def distributed_job():
+    """Around a training command: on success every rank waits for the others (rank 0 may still be writing
+    the final checkpoint) before the process group is torn down; tearing down while a peer still talks
+    to it aborted a gloo rank ("terminate called without an active exception") now and then."""
+    try:
+        yield
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.barrier()
+    finally:
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import ConfigError, TrainConfig, build
 from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
 from .data import DataConfig, PackedStream, make_source, pretrain_text
-from .loop import fit, init_model, save_config, setup_run
+from .loop import distributed_job, fit, init_model, save_config, setup_run
 
 
 @dataclass
@@ -80,14 +80,12 @@ def split_data_args(args) -> None:
 
 def train_command(cfg, args, make_stream: Callable, desc: str) -> int:
     """What pretrain and SFT share: run folder, model + tokenizer, config.yaml, the loop, teardown."""
-    import torch.distributed as tdist
-
     if getattr(args, "data", None):
         cfg.data.files = list(args.data)
     if cfg.train.seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(f"seq_len {cfg.train.seq_len} exceeds the model's max_position_embeddings {cfg.model.max_position_embeddings}")
-    run = setup_run(args.out, cfg, args.resume)
-    try:
+    with distributed_job():
+        run = setup_run(args.out, cfg, args.resume)
         source = make_source(cfg.data, cfg.train.seed)
         model, tokenizer = init_model(run, cfg.model, args.init, args.tokenizer, tokenizer_corpus(cfg.data, source))
         cfg.model = model.config
@@ -97,9 +95,6 @@ def train_command(cfg, args, make_stream: Callable, desc: str) -> int:
             print(f"{desc}: {counts['total'] / 1e6:.2f}M parameters ({counts['activated'] / 1e6:.2f}M activated), "
                   f"vocab {tokenizer.vocab_size}, {run.dist.world_size} rank(s) on {run.dist.device}", file=sys.stderr)
         fit(run, model, tokenizer, make_stream(source, tokenizer, cfg), desc=desc)
-    finally:
-        if tdist.is_available() and tdist.is_initialized():
-            tdist.destroy_process_group()
     return 0
 
 
