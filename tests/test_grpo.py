@@ -46,6 +46,19 @@ def test_grpo_logs_and_writes_a_checkpoint(tmp_path, init_ckpt):
     assert samples and samples[0]["completion"].startswith("<think>\n")
 
 
+def test_grpo_logs_accuracy_per_task_with_several_tasks(tmp_path, init_ckpt):
+    from r1lab.cli import main
+
+    assert main(["grpo", "--init", str(init_ckpt), "--out", str(tmp_path / "run"), "max_steps=1", *FAST,
+                 "grpo.tasks=addition,countdown", "grpo.prompts_per_step=4", "grpo.dynamic_sampling=false"]) == 0
+    row = read(tmp_path / "run" / "metrics.jsonl")[-1]
+    samples = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl")]
+    seen = {name for name in ("addition", "countdown") if f"accuracy_{name}" in row}
+    assert seen, row  # 4 prompts drawn from two tasks: at least one task is logged, each within [0, 1]
+    assert all(0.0 <= row[f"accuracy_{name}"] <= 1.0 for name in seen)
+    assert samples
+
+
 def test_grpo_resumes_exactly_after_sigkill(tmp_path, init_ckpt):
     args = ["grpo", "--init", str(init_ckpt), "max_steps=6", "save_every=2", *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -93,3 +106,26 @@ def test_grpo_raises_a_reward_it_is_given(tmp_path, init_ckpt, monkeypatch):
     last = sum(r["reward"] for r in rows[-5:]) / 5
     print(f"share of '7': first 5 steps {first:.3f}, last 5 steps {last:.3f}")
     assert last > first + 0.2
+
+
+def test_token_logp_reads_only_the_masked_positions(init_ckpt):
+    """The head runs on the target positions only; there it must equal the full forward's log-probs."""
+    import r1lab
+    from r1lab.train.grpo import token_logp
+
+    model, _ = r1lab.load(init_ckpt)
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 9))
+    mask = torch.zeros(3, 8)
+    mask[0, 2:8] = 1
+    mask[1, 4:6] = 1  # row 2: nothing (a masked-out truncated completion)
+    logp, entropy = token_logp(model, ids, mask, temperature=0.7)
+    full = torch.log_softmax(model(ids)[:, :-1] / 0.7, -1)
+    want = full.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    m = mask.bool()
+    torch.testing.assert_close(logp[m], want[m], atol=1e-5, rtol=1e-5)
+    assert (logp[~m] == 0).all()
+    ent = -(full.exp() * full).sum(-1)[m].mean()
+    assert float(entropy) == pytest.approx(float(ent.detach()), abs=1e-5)
+    logp.sum().backward()  # gradients flow to the model through the selected positions
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0

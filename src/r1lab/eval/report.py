@@ -88,9 +88,13 @@ def plot_grpo_curves(stages: list[Stage], path: Path) -> Path | None:
     curves = [(n, m) for n, m in curves if m]
     if not curves:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for key, ax, title in (("reward", axes[0], "mean reward"), ("accuracy", axes[1], "accuracy (train samples)"),
-                           ("response_length", axes[2], "mean response length (tokens)")):
+    # with several tasks, one accuracy panel per task (GRPO logs accuracy_<task>), else one for all
+    tasks = sorted({k[len("accuracy_"):] for _, rows in curves for r in rows for k in r if k.startswith("accuracy_")})
+    panels = [("reward", "mean reward")]
+    panels += [(f"accuracy_{t}", f"accuracy on {t} (train samples)") for t in tasks] or [("accuracy", "accuracy (train samples)")]
+    panels += [("response_length", "mean response length (tokens)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    for (key, title), ax in zip(panels, axes):
         for name, rows in curves:
             xs = [r["step"] for r in rows if key in r]
             ys = [r[key] for r in rows if key in r]

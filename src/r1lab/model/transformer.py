@@ -101,9 +101,13 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, attn_mask)
         return x, (cos, sin)
 
-    def forward(self, input_ids: torch.Tensor, position_ids=None, attn_mask=None) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, vocab). attn_mask: optional bool (B, 1, T, T), True = may attend."""
+    def forward(self, input_ids: torch.Tensor, position_ids=None, attn_mask=None, select=None) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, vocab). attn_mask: optional bool (B, 1, T, T), True = may attend.
+        select: optional bool (B, T); then only those positions' logits, flattened to (n, vocab) (a loss that
+        reads a few positions skips the head's matmul on the rest)."""
         x, _ = self.hidden_states(input_ids, position_ids, attn_mask)
+        if select is not None:
+            x = x[select]
         return self.lm_head(self.model.norm(x))
 
     def loss(self, input_ids, labels, position_ids=None, attn_mask=None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -162,6 +162,7 @@ class Rollouts:
 class SampleStats:
     rewards: list[float] = field(default_factory=list)  # every sampled completion, kept or not
     parts: dict[str, list[float]] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)  # each completion's task
     lengths: list[int] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     groups_seen: int = 0
@@ -202,6 +203,7 @@ def collect(engine, tokenizer, prompts: PromptStream, scorer, cfg: GRPOSection, 
         stats.rewards += totals
         for name, values in scores.parts.items():
             stats.parts.setdefault(name, []).extend(values)
+        stats.tasks += [p["task"] for p in problems for _ in range(G)]
         stats.lengths += lengths
         stats.truncated += [o.finish_reason == "length" for o in outs]
         for g, problem in enumerate(problems):
@@ -264,20 +266,28 @@ def policy_batch(rollouts: Rollouts, advantages: torch.Tensor, pad_id: int, mask
     return PolicyBatch(ids, mask, advantages)
 
 
-def token_logp(model, input_ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log-prob of each next token under the policy (at the sampling temperature), and the logits."""
-    logits = model(input_ids)[:, :-1].float()
+def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
+    `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad)."""
+    select = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    select[:, :-1] = mask.bool()
+    logits = model(input_ids, select=select).float()  # (n, vocab)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return logp, logits
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = torch.zeros(mask.shape, dtype=logp_all.dtype, device=logp_all.device)
+    logp[select[:, :-1]] = logp_all.gather(-1, input_ids[:, 1:][select[:, :-1]][:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean() if len(logp_all) else logp_all.new_zeros(())
+    return logp, entropy
 
 
 def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
     """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss."""
 
     def loss_fn(model, b: PolicyBatch):
-        logp, logits = token_logp(model, b.input_ids, cfg.temperature)
+        logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature)
         old = b.old_logp if b.old_logp is not None else logp.detach()
         rows = b.input_ids.shape[0]
         # normalisers over the whole batch (all micro-batches and ranks), so accumulation is exact
@@ -290,19 +300,15 @@ def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
             out = policy_loss(logp, old, b.advantages, b.target_mask, cfg.loss, cfg.epsilon_low, cfg.epsilon_high,
                               cfg.beta, b.ref_logp, token_normaliser=denom)
             scale = 1.0
-        with torch.no_grad():
-            probs = torch.softmax(logits, -1)
-            entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1)
-            m = b.target_mask
-            ent = float((entropy * m).sum() / m.sum().clamp(min=1))
-        return out.loss * scale, {"clip_frac": out.clip_frac, "kl": out.kl, "entropy": ent}
+        return out.loss * scale, {"clip_frac": out.clip_frac, "kl": out.kl, "entropy": float(entropy)}
 
     return loss_fn
 
 
 @torch.no_grad()
 def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: str) -> None:
-    parts = [token_logp(model, batch.input_ids[i:i + micro], temperature)[0] for i in range(0, len(batch.input_ids), micro)]
+    parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature)[0]
+             for i in range(0, len(batch.input_ids), micro)]
     setattr(batch, attr, torch.cat(parts))
 
 
@@ -383,13 +389,19 @@ def train_grpo(cfg: GRPOConfig, init: str, out: str, resume: bool = False) -> No
             step += 1
             # metrics over every sampled completion (the policy's quality), summed over ranks
             n = len(stats.rewards)
+            # with several tasks, accuracy per task too (completions and correct ones per task, summed over ranks)
+            per_task = prompts.names if len(prompts.names) > 1 else []
+            task_sums = [x for name in per_task for x in (
+                float(sum(t == name for t in stats.tasks)),
+                sum(a for a, t in zip(stats.parts["accuracy"], stats.tasks) if t == name))]
             sums = all_reduce_sum([float(n), sum(stats.rewards), float(sum(stats.lengths)), float(sum(stats.truncated)),
                                    float(stats.groups_seen), float(stats.groups_dropped)]
-                                  + [sum(v) for _, v in sorted(stats.parts.items())], dist)
+                                  + [sum(v) for _, v in sorted(stats.parts.items())] + task_sums, dist)
+            task_sums = sums[len(sums) - len(task_sums):]
             n_all = max(sums[0], 1.0)
             gen_tokens = sums[2]
             record = {"step": step, "lr": lr_at(step - 1, tc), "reward": sums[1] / n_all,
-                      **{f"reward_{k}": v / n_all for k, v in zip(sorted(stats.parts), sums[6:])},
+                      **{f"reward_{k}": v / n_all for k, v in zip(sorted(stats.parts), sums[6:6 + len(stats.parts)])},
                       "response_length": sums[2] / n_all, "response_length_max": max(stats.lengths, default=0),
                       "truncated": sums[3] / n_all, "groups_seen": int(sums[4]),
                       "groups_dropped": sums[5] / max(sums[4], 1.0), "groups_kept": int(n_rows_total) // gc.group_size,
@@ -399,6 +411,9 @@ def train_grpo(cfg: GRPOConfig, init: str, out: str, resume: bool = False) -> No
                       "elapsed": time.perf_counter() - started, **record}
             if "reward_accuracy" in record:
                 record["accuracy"] = record["reward_accuracy"]
+            for i, name in enumerate(per_task):
+                if task_sums[2 * i] > 0:
+                    record[f"accuracy_{name}"] = task_sums[2 * i + 1] / task_sums[2 * i]
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"GRPO loss is {record['loss']} at step {step}")
             logger.log(record)

@@ -1,0 +1,50 @@
+"""The report card: verdicts first, the results table, plots that exist, cost that adds up, summary.json."""
+import json
+
+import pytest
+
+from r1lab.eval.report import Finding, Stage, cost, write_report
+
+pytest.importorskip("matplotlib")
+
+
+def _grpo_metrics(path, steps, per_task):
+    with open(path, "w") as f:
+        for step in range(1, steps + 1):
+            row = {"step": step, "reward": 0.5 + step / 100, "accuracy": 0.4 + step / 100, "response_length": 80 - step}
+            if per_task:
+                row.update(accuracy_addition=0.6 + step / 100, accuracy_countdown=0.2 + step / 100)
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def _stages(tmp_path, per_task=True):
+    evals = {"addition": {"pass1": 0.5, "greedy": 0.9, "maj": 0.7, "mean_length": 96.0, "truncated": 0.0, "k": 4},
+             "countdown": {"pass1": 0.3, "greedy": 0.5, "maj": 0.4, "mean_length": 60.0, "truncated": 0.01, "k": 4}}
+    return [Stage("base", "b", 100.0, 1e12, 0.0, {"total": 1_550_000, "activated": 890_000}, None, evals),
+            Stage("r1-zero", "z", 50.0, 2e12, 5e11, {"total": 1_550_000, "activated": 890_000},
+                  _grpo_metrics(tmp_path / "m.jsonl", 12, per_task),
+                  {t: {**e, "pass1": e["pass1"] + 0.2} for t, e in evals.items()})]
+
+
+@pytest.mark.parametrize("per_task", [True, False])
+def test_report_card(tmp_path, per_task):
+    stages = _stages(tmp_path, per_task)
+    findings = [Finding("GRPO helps", True, "+20.0 points"), Finding("R1 >= 90%", False, "addition: 70.0%"),
+                Finding("never measured", None, "not measured"), Finding("length", None, "80 -> 68", observation=True)]
+    report = write_report(tmp_path / "run", stages, findings, ["addition", "countdown"], title="test run",
+                          notes=["a note"], extra_plots=[("Students", stages[:1])])
+    lines = report.read_text().splitlines()
+    assert lines[0] == "# test run"
+    # the verdicts open the report, one line each, in order
+    assert [line[:4] for line in lines[2:6]] == ["- ✅ ", "- ❌ ", "- ⚠️", "- ℹ️"]
+    assert "| r1-zero | countdown | 50.0% | 50.0% | 40.0% | 60.0 | 1.0% |" in lines
+    for png in ("grpo_curves.png", "accuracy_by_stage.png", "students.png"):
+        data = (tmp_path / "run" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
+        assert f"]({png})" in report.read_text()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["table"]) == 4 and summary["findings"][1]["passed"] is False
+    assert summary["cost"]["total_flops"] == pytest.approx(1e12 + 2e12 + 5e11)
+    assert summary["cost"] == cost(stages)
+    assert "- a note" in lines
