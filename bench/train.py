@@ -1,6 +1,6 @@
 """Training throughput and MFU of the shipped model against a plain PyTorch GPT, measured in the same run.
 
-    python bench/train.py                 # about 3 minutes on a 2-core CPU
+    python bench/train.py                 # 40 s to 3 minutes on a 2-core CPU
     python bench/train.py --quick         # fewer steps, for a smoke test
 
 MFU = flops_per_token(seq_len) * tokens/s / peak, where peak is this machine's fp32 matmul FLOP/s measured
