@@ -52,7 +52,7 @@ def test_grpo_logs_accuracy_per_task_with_several_tasks(tmp_path, init_ckpt):
     assert main(["grpo", "--init", str(init_ckpt), "--out", str(tmp_path / "run"), "max_steps=1", *FAST,
                  "grpo.tasks=addition,countdown", "grpo.prompts_per_step=4", "grpo.dynamic_sampling=false"]) == 0
     row = read(tmp_path / "run" / "metrics.jsonl")[-1]
-    samples = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl")]
+    samples = read(tmp_path / "run" / "samples.jsonl")
     seen = {name for name in ("addition", "countdown") if f"accuracy_{name}" in row}
     assert seen, row  # 4 prompts drawn from two tasks: at least one task is logged, each within [0, 1]
     assert all(0.0 <= row[f"accuracy_{name}"] <= 1.0 for name in seen)

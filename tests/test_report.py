@@ -34,7 +34,8 @@ def test_report_card(tmp_path, per_task):
                 Finding("never measured", None, "not measured"), Finding("length", None, "80 -> 68", observation=True)]
     report = write_report(tmp_path / "run", stages, findings, ["addition", "countdown"], title="test run",
                           notes=["a note"], extra_plots=[("Students", stages[:1])])
-    lines = report.read_text().splitlines()
+    text = report.read_text()
+    lines = text.splitlines()
     assert lines[0] == "# test run"
     # the verdicts open the report, one line each, in order
     assert [line[:4] for line in lines[2:6]] == ["- ✅ ", "- ❌ ", "- ⚠️", "- ℹ️"]
@@ -42,7 +43,7 @@ def test_report_card(tmp_path, per_task):
     for png in ("grpo_curves.png", "accuracy_by_stage.png", "students.png"):
         data = (tmp_path / "run" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
-        assert f"]({png})" in report.read_text()
+        assert f"]({png})" in text
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["table"]) == 4 and summary["findings"][1]["passed"] is False
     assert summary["cost"]["total_flops"] == pytest.approx(1e12 + 2e12 + 5e11)

@@ -270,14 +270,15 @@ def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: 
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
     `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad)."""
+    target = mask.bool()  # position t predicts token t + 1
     select = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-    select[:, :-1] = mask.bool()
+    select[:, :-1] = target
     logits = model(input_ids, select=select).float()  # (n, vocab)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = torch.zeros(mask.shape, dtype=logp_all.dtype, device=logp_all.device)
-    logp[select[:, :-1]] = logp_all.gather(-1, input_ids[:, 1:][select[:, :-1]][:, None]).squeeze(-1)
+    logp[target] = logp_all.gather(-1, input_ids[:, 1:][target][:, None]).squeeze(-1)
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean() if len(logp_all) else logp_all.new_zeros(())
     return logp, entropy
