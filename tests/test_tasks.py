@@ -147,6 +147,27 @@ def test_countdown_accepts_any_correct_expression():
                 assert accuracy([completion], answer=[row["answer"]], numbers=[numbers]) == [1.0]
 
 
+def test_countdown_with_two_numbers_searches_in_a_fixed_order():
+    """The trace is a function of the problem: + - * / in turn (larger number first, - only when positive,
+    / only when it divides), up to the first that hits; a slip boxes the miss closest to the target."""
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
+    clean = tasks.sample("countdown", 200, seed=3, numbers=2)
+    noisy = tasks.sample("countdown", 200, seed=3, numbers=2, noise=1.0)
+    assert {len(row["reference_trace"].splitlines()) for row in clean} >= {4, 5, 6}  # one, two, three attempts; then </think> and the answer
+    for row, slipped in zip(clean, noisy):
+        (x, y), target = sorted(row["numbers"], reverse=True), row["target"]
+        tried = [(op, ops[op](x, y)) for op in ops if not (op == "-" and x <= y or op == "/" and (y == 1 or x % y))]
+        hit = next(i for i, (_, value) in enumerate(tried) if value == target)
+        expected = [f"{x}{op}{y}: {x}{op}{y}={value} vs {target}, {'yes' if i == hit else 'no'}" for i, (op, value) in enumerate(tried[:hit + 1])]
+        assert row["reference_trace"].splitlines()[1:-2] == expected
+        assert row["trace_answer"] == f"{x}{tried[hit][0]}{y}"
+        misses = [(op, value) for op, value in tried if value != target]
+        if misses:
+            op, value = min(misses, key=lambda miss: abs(miss[1] - target))
+            assert slipped["affected"] and slipped["trace_answer"] == f"{x}{op}{y}"
+            assert slipped["reference_trace"].splitlines()[-3] == f"{x}{op}{y}: {x}{op}{y}={target} vs {target}, yes"
+
+
 def test_format_samples_and_main_sample(capsys):
     text = tasks.format_samples(tasks.sample("addition", 2, seed=0))
     assert "prompt: What is" in text and "\\boxed{" in text

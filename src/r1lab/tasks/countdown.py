@@ -2,8 +2,9 @@
 
     Using the numbers 25, 5, 4, make 80. You may use + - * / and each number at most once.
     <think>
-    25+5+4: 25+5=30, 30+4=34, no
-    (25-5)*4: 25-5=20, 20*4=80, yes
+    (25-5)+4: 25-5=20, 20+4=24 vs 80, no
+    (25-5)-4: 25-5=20, 20-4=16 vs 80, no
+    (25-5)*4: 25-5=20, 20*4=80 vs 80, yes
     </think>
     The answer is \\boxed{(25-5)*4}.
 
@@ -11,12 +12,17 @@ The row's `answer` is the target ("80"); the trace boxes an expression.  The acc
 reward checks the expression (r1lab.rewards.countdown), not the number: any expression
 that uses each given number at most once and evaluates exactly to the target scores 1.
 
-The teacher's trace is a short search: one to three failed attempts (random, fixed per
-problem) before the expression that works, so longer reasoning finds more answers.
-Intermediate results are kept positive integers, as in the game.
+The teacher's trace is a search in a fixed order: it keeps the solution's inner steps and
+tries the last operation as + - * / in turn (the larger value on the left; - only when
+it stays positive, / only when it divides), stopping at the first that hits the target.
+With two numbers that is the whole search, so every line of the trace follows from the
+problem and a model that computes well can reproduce it; an answer that comes later in
+the order takes a longer search.  Each line puts the target beside the value it got, so
+the verdict compares two numbers side by side.  Intermediate results are kept positive integers, as
+in the game.
 
-Slip: the teacher miscalculates the last step of a failing attempt (the one closest to
-the target), believes it hits the target and boxes it.  The boxed expression is wrong.
+Slip: the teacher miscalculates one failing attempt (the one closest to the target),
+believes it hits the target and boxes it.  The boxed expression is wrong.
 Misconception: not defined; asking for one raises ValueError.
 """
 
@@ -40,6 +46,10 @@ class Countdown:
     solution: Expr
 
 
+def _apply(op: str, x: int, y: int) -> int:
+    return {"+": x + y, "-": x - y, "*": x * y, "/": x // max(y, 1)}[op]
+
+
 def _combine(rng: random.Random, numbers: list[int]) -> tuple[Expr, int]:
     """Play the game randomly: merge two numbers at a time until one is left."""
     pool: list[tuple[Expr, int]] = [(n, n) for n in numbers]
@@ -49,7 +59,7 @@ def _combine(rng: random.Random, numbers: list[int]) -> tuple[Expr, int]:
             (left, x), (right, y) = (right, y), (left, x)
         ops = ["+", "*"] + (["-"] if x > y else []) + (["/"] if y > 1 and x % y == 0 else [])
         op = rng.choice(ops)
-        value = {"+": x + y, "-": x - y, "*": x * y, "/": x // max(y, 1)}[op]
+        value = _apply(op, x, y)
         pool.append(((op, left, right), value))
     return pool[0]
 
@@ -77,7 +87,7 @@ def _steps(expr: Expr, last_result: int | None = None) -> tuple[list[str], int]:
     op, left, right = expr
     left_steps, x = _steps(left)
     right_steps, y = _steps(right)
-    value = {"+": x + y, "-": x - y, "*": x * y, "/": x // y}[op]
+    value = _apply(op, x, y)
     if last_result is not None:
         value = last_result
     return left_steps + right_steps + [f"{x}{op}{y}={value}"], value
@@ -100,38 +110,47 @@ def make_countdown(rng: random.Random, *, numbers: int = 3, max_number: int = 25
                    columns={"numbers": given, "target": target})
 
 
-def _failures(problem: Countdown, rng: random.Random, count: int) -> list[tuple[Expr, int]]:
-    seen, found = set(), []
-    for _ in range(200):
-        expr, value = _combine(rng, list(problem.numbers))
-        if value != problem.target and show(expr) not in seen:
-            seen.add(show(expr))
-            found.append((expr, value))
-            if len(found) == count:
-                break
+ORDER = ("+", "-", "*", "/")
+
+
+def _attempts(problem: Countdown) -> list[tuple[Expr, int]]:
+    """The search: the solution's last operation replaced by each of + - * / in turn, with its value."""
+    solution = problem.solution
+    if isinstance(solution, int):
+        return [(solution, solution)]
+    _, left, right = solution
+    x, y = _steps(left)[1], _steps(right)[1]
+    found = []
+    for op in ORDER:
+        if (op == "-" and x <= y) or (op == "/" and (y <= 1 or x % y)):
+            continue
+        found.append(((op, left, right), _apply(op, x, y)))
     return found
+
+
+def _line(expr: Expr, target: int, verdict: str, last_result: int | None = None) -> str:
+    steps, _ = _steps(expr, last_result)
+    return f"{show(expr)}: {', '.join(steps)} vs {target}, {verdict}"
 
 
 def solve_countdown(problem: Countdown, slip: Slip | None = None, misconception: bool = False) -> Solution:
     if misconception:
         raise ValueError("countdown has no misconception rule")
-    # The search is random but fixed per problem, so the same problem always gets the same trace.
-    rng = random.Random(f"countdown:{problem.numbers}:{problem.target}")
-    failures = _failures(problem, rng, rng.randint(1, 3))
+    attempts = _attempts(problem)
+    misses = [(expr, value) for expr, value in attempts if value != problem.target]
+    if slip and misses:
+        # The slip: the attempt closest to the target is believed to hit it; the hits are overlooked.
+        i = min(range(len(misses)), key=lambda j: abs(misses[j][1] - problem.target))
+        tried, (wrong, _) = misses[:i], misses[i]
+        lines = [_line(expr, problem.target, "no") for expr, _ in tried] + [_line(wrong, problem.target, "yes", last_result=problem.target)]
+        return Solution(lines, show(wrong))
     lines = []
-    for expr, _ in failures:
-        steps, _ = _steps(expr)
-        lines.append(f"{show(expr)}: {', '.join(steps)}, no")
-    answer = problem.solution
-    if slip:
-        near = _failures(problem, rng, 30) or failures
-        if near:
-            answer, _ = min(near, key=lambda found: abs(found[1] - problem.target))
-        steps, _ = _steps(answer, last_result=problem.target)
-    else:
-        steps, _ = _steps(answer)
-    lines.append(f"{show(answer)}: {', '.join(steps)}, yes")
-    return Solution(lines, show(answer))
+    for expr, value in attempts:
+        if value == problem.target:
+            lines.append(_line(expr, problem.target, "yes"))
+            return Solution(lines, show(expr))
+        lines.append(_line(expr, problem.target, "no"))
+    raise AssertionError(f"the solution of {problem} is not among its attempts")
 
 
 COUNTDOWN = Task("countdown", make_countdown, solve_countdown, misconception=None)
