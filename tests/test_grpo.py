@@ -129,3 +129,33 @@ def test_token_logp_reads_only_the_masked_positions(init_ckpt):
     assert float(entropy) == pytest.approx(float(ent.detach()), abs=1e-5)
     logp.sum().backward()  # gradients flow to the model through the selected positions
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_dynamic_sampling_draws_enough_prompts_at_the_seen_keep_rate(tokenizer):
+    """One group in four is informative: after the first round (8 prompts, 2 kept) the second draws
+    6 / (2/8) = 24 prompts and fills the batch, instead of four ever smaller rounds."""
+    from types import SimpleNamespace
+
+    from r1lab.rewards import Scores
+    from r1lab.train.grpo import GRPOSection, PromptStream, collect
+
+    G, groups = 2, iter(range(10_000))
+
+    class Engine:  # every fourth group gets one right answer
+        def generate(self, prompts, params):
+            outs = []
+            for _ in range(len(prompts) // G):
+                g = next(groups)
+                outs += [SimpleNamespace(text="y" if g % 4 == 0 and j == 0 else "x", token_ids=[5], finish_reason="stop")
+                         for j in range(G)]
+            return outs
+
+    def scorer(texts, **_):
+        right = [float("y" in t) for t in texts]
+        return Scores(right, {"accuracy": right})
+
+    cfg = GRPOSection(tasks="addition", group_size=G, prompts_per_step=8, max_sampling_rounds=4)
+    prompts = PromptStream(cfg, seed=0)
+    kept, stats = collect(Engine(), tokenizer, prompts, scorer, cfg, 8, seed=0, step=1)
+    assert (stats.rounds, stats.groups_seen, stats.groups_dropped, prompts.position) == (2, 32, 24, 32)
+    assert len(kept.rewards) == 8 * G and sorted(set(kept.rewards)) == [0.0, 1.0]

@@ -173,7 +173,12 @@ class SampleStats:
 
 def collect(engine, tokenizer, prompts: PromptStream, scorer, cfg: GRPOSection, n_local: int, seed: int, step: int
             ) -> tuple[Rollouts, SampleStats]:
-    """Sample until n_local informative groups are kept (or max_sampling_rounds is reached)."""
+    """Sample until n_local informative groups are kept (or max_sampling_rounds is reached).
+
+    The first round draws n_local prompts; each later one draws enough to fill the batch at the share of
+    informative groups seen so far (at most 4x what is missing), so one large batch of generation
+    replaces several small ones when most groups are all-correct (DAPO's over-sampling). Groups beyond a
+    full batch are counted in the stats and not trained on."""
     from ..engine import SamplingParams
     from ..rewards import get as get_reward
 
@@ -182,6 +187,9 @@ def collect(engine, tokenizer, prompts: PromptStream, scorer, cfg: GRPOSection, 
     while len(kept.rewards) < n_local * G and stats.rounds < cfg.max_sampling_rounds:
         stats.rounds += 1
         need = n_local - len(kept.rewards) // G
+        informative = stats.groups_seen - stats.groups_dropped
+        if stats.groups_seen:
+            need = min(4 * need, math.ceil(need * stats.groups_seen / max(informative, 1)))
         drawn = prompts.take(need)
         problems = [p for _, p in drawn]
         prompt_ids = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)
@@ -213,7 +221,7 @@ def collect(engine, tokenizer, prompts: PromptStream, scorer, cfg: GRPOSection, 
                 stats.groups_dropped += 1
                 continue
             if len(kept.rewards) >= n_local * G:
-                break
+                continue
             for o, r in zip(outs[group], totals[group]):
                 kept.prompt_ids.append(prompt_ids[g])
                 kept.completion_ids.append(list(o.token_ids))
@@ -388,33 +396,31 @@ def train_grpo(cfg: GRPOConfig, init: str, out: str, resume: bool = False) -> No
                 train_tokens, mfu = 0, 0.0
             train_s = time.perf_counter() - t1
             step += 1
-            # metrics over every sampled completion (the policy's quality), summed over ranks
-            n = len(stats.rewards)
-            # with several tasks, accuracy per task too (completions and correct ones per task, summed over ranks)
+            # metrics over every sampled completion (the policy's quality), summed over ranks; with several
+            # tasks, accuracy per task too
             per_task = prompts.names if len(prompts.names) > 1 else []
-            task_sums = [x for name in per_task for x in (
-                float(sum(t == name for t in stats.tasks)),
-                sum(a for a, t in zip(stats.parts["accuracy"], stats.tasks) if t == name))]
-            sums = all_reduce_sum([float(n), sum(stats.rewards), float(sum(stats.lengths)), float(sum(stats.truncated)),
-                                   float(stats.groups_seen), float(stats.groups_dropped)]
-                                  + [sum(v) for _, v in sorted(stats.parts.items())] + task_sums, dist)
-            task_sums = sums[len(sums) - len(task_sums):]
-            n_all = max(sums[0], 1.0)
-            gen_tokens = sums[2]
-            record = {"step": step, "lr": lr_at(step - 1, tc), "reward": sums[1] / n_all,
-                      **{f"reward_{k}": v / n_all for k, v in zip(sorted(stats.parts), sums[6:6 + len(stats.parts)])},
-                      "response_length": sums[2] / n_all, "response_length_max": max(stats.lengths, default=0),
-                      "truncated": sums[3] / n_all, "groups_seen": int(sums[4]),
-                      "groups_dropped": sums[5] / max(sums[4], 1.0), "groups_kept": int(n_rows_total) // gc.group_size,
+            local = {"n": float(len(stats.rewards)), "reward": sum(stats.rewards), "length": float(sum(stats.lengths)),
+                     "truncated": float(sum(stats.truncated)), "seen": float(stats.groups_seen),
+                     "dropped": float(stats.groups_dropped), **{f"reward_{k}": sum(v) for k, v in sorted(stats.parts.items())}}
+            for name in per_task:
+                local[f"n_{name}"] = float(sum(t == name for t in stats.tasks))
+                local[f"accuracy_{name}"] = sum(a for a, t in zip(stats.parts["accuracy"], stats.tasks) if t == name)
+            total = dict(zip(local, all_reduce_sum(list(local.values()), dist)))  # same keys, same order on every rank
+            n_all = max(total["n"], 1.0)
+            record = {"step": step, "lr": lr_at(step - 1, tc), "reward": total["reward"] / n_all,
+                      **{f"reward_{k}": total[f"reward_{k}"] / n_all for k in sorted(stats.parts)},
+                      "response_length": total["length"] / n_all, "response_length_max": max(stats.lengths, default=0),
+                      "truncated": total["truncated"] / n_all, "groups_seen": int(total["seen"]),
+                      "groups_dropped": total["dropped"] / max(total["seen"], 1.0), "groups_kept": int(n_rows_total) // gc.group_size,
                       "sampling_rounds": stats.rounds, "gen_s": gen_s, "train_s": train_s,
-                      "tokens_per_s": gen_tokens / max(gen_s, 1e-9), "completions_per_s": sums[0] / max(gen_s, 1e-9),
-                      "gen_tokens": int(gen_tokens), "train_tokens": train_tokens, "mfu": mfu,
+                      "tokens_per_s": total["length"] / max(gen_s, 1e-9), "completions_per_s": total["n"] / max(gen_s, 1e-9),
+                      "gen_tokens": int(total["length"]), "train_tokens": train_tokens, "mfu": mfu,
                       "elapsed": time.perf_counter() - started, **record}
             if "reward_accuracy" in record:
                 record["accuracy"] = record["reward_accuracy"]
-            for i, name in enumerate(per_task):
-                if task_sums[2 * i] > 0:
-                    record[f"accuracy_{name}"] = task_sums[2 * i + 1] / task_sums[2 * i]
+            for name in per_task:
+                if total[f"n_{name}"] > 0:
+                    record[f"accuracy_{name}"] = total[f"accuracy_{name}"] / total[f"n_{name}"]
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"GRPO loss is {record['loss']} at step {step}")
             logger.log(record)
