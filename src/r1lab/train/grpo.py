@@ -6,7 +6,8 @@
 Each step: draw prompts, sample G completions per prompt with the engine (continuous batching, on the
 live weights), score them with the configured rewards, turn rewards into group-relative advantages,
 and take mu optimizer steps on the clipped policy objective. Dynamic sampling (DAPO) drops groups whose
-rewards are all equal -- they carry no signal -- and samples more prompts until the batch is full.
+rewards are all equal -- they carry no signal -- and samples more prompts until the batch is full, as
+many at once as the share of informative groups seen so far calls for.
 
 Under torchrun, prompts are sharded across ranks and each group stays whole on one rank; gradients are
 averaged by DDP. Resume is exact: the prompt position and every RNG are in the checkpoint, and sampling
