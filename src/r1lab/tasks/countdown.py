@@ -18,8 +18,8 @@ it stays positive, / only when it divides), stopping at the first that hits the 
 With two numbers that is the whole search, so every line of the trace follows from the
 problem and a model that computes well can reproduce it; an answer that comes later in
 the order takes a longer search.  Each line puts the target beside the value it got, so
-the verdict compares two numbers side by side.  Intermediate results are kept positive integers, as
-in the game.
+the verdict compares two numbers side by side.  Intermediate results are kept positive
+integers, as in the game.
 
 Slip: the teacher miscalculates one failing attempt (the one closest to the target),
 believes it hits the target and boxes it.  The boxed expression is wrong.
@@ -50,6 +50,11 @@ def _apply(op: str, x: int, y: int) -> int:
     return {"+": x + y, "-": x - y, "*": x * y, "/": x // max(y, 1)}[op]
 
 
+def _allowed(op: str, x: int, y: int) -> bool:
+    """The game's rule for x op y with x >= y: results stay positive integers."""
+    return op in "+*" or (op == "-" and x > y) or (op == "/" and y > 1 and x % y == 0)
+
+
 def _combine(rng: random.Random, numbers: list[int]) -> tuple[Expr, int]:
     """Play the game randomly: merge two numbers at a time until one is left."""
     pool: list[tuple[Expr, int]] = [(n, n) for n in numbers]
@@ -57,8 +62,7 @@ def _combine(rng: random.Random, numbers: list[int]) -> tuple[Expr, int]:
         (left, x), (right, y) = pool.pop(rng.randrange(len(pool))), pool.pop(rng.randrange(len(pool)))
         if x < y:
             (left, x), (right, y) = (right, y), (left, x)
-        ops = ["+", "*"] + (["-"] if x > y else []) + (["/"] if y > 1 and x % y == 0 else [])
-        op = rng.choice(ops)
+        op = rng.choice([o for o in ("+", "*", "-", "/") if _allowed(o, x, y)])
         value = _apply(op, x, y)
         pool.append(((op, left, right), value))
     return pool[0]
@@ -115,17 +119,9 @@ ORDER = ("+", "-", "*", "/")
 
 def _attempts(problem: Countdown) -> list[tuple[Expr, int]]:
     """The search: the solution's last operation replaced by each of + - * / in turn, with its value."""
-    solution = problem.solution
-    if isinstance(solution, int):
-        return [(solution, solution)]
-    _, left, right = solution
+    _, left, right = problem.solution  # at least two numbers, so never a bare number
     x, y = _steps(left)[1], _steps(right)[1]
-    found = []
-    for op in ORDER:
-        if (op == "-" and x <= y) or (op == "/" and (y <= 1 or x % y)):
-            continue
-        found.append(((op, left, right), _apply(op, x, y)))
-    return found
+    return [((op, left, right), _apply(op, x, y)) for op in ORDER if _allowed(op, x, y)]
 
 
 def _line(expr: Expr, target: int, verdict: str, last_result: int | None = None) -> str:
@@ -142,7 +138,8 @@ def solve_countdown(problem: Countdown, slip: Slip | None = None, misconception:
         # The slip: the attempt closest to the target is believed to hit it; the hits are overlooked.
         i = min(range(len(misses)), key=lambda j: abs(misses[j][1] - problem.target))
         tried, (wrong, _) = misses[:i], misses[i]
-        lines = [_line(expr, problem.target, "no") for expr, _ in tried] + [_line(wrong, problem.target, "yes", last_result=problem.target)]
+        lines = [_line(expr, problem.target, "no") for expr, _ in tried]
+        lines.append(_line(wrong, problem.target, "yes", last_result=problem.target))
         return Solution(lines, show(wrong))
     lines = []
     for expr, value in attempts:
