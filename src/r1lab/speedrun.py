@@ -57,6 +57,10 @@ class SpeedrunConfig:
     # task and most of its groups are all-correct by then. With the earlier 60-step cold start, from the same
     # rs-sft model, countdown pass@1 on 300 other test problems: 77.0% at weight 1, 85.0% at 2, 82.6% at 3
     r1_task_weights: dict = field(default_factory=lambda: {"countdown": 2.0})
+    # R1's two GRPO stages start from a model the cold start made 93-98% right, so most groups are
+    # all-correct: at most 2 sampling rounds per step (not 4) cut those stages from 349 s to 249 s, for
+    # countdown pass@1 89.2% instead of 90.4% on a second draw of 300 test problems
+    r1_sampling_rounds: int = 2
     grpo_group_size: int = 8
     grpo_prompts: int = 16
     max_new_tokens: int = 128
@@ -201,7 +205,7 @@ class Speedrun:
                                                         packing=c.data.packing), "sft")
 
     def grpo(self, folder: Path, init: str, model_preset: str, steps: int | None = None, lr: float | None = None,
-             task_weights: str = "") -> None:
+             task_weights: str = "", sampling_rounds: int | None = None) -> None:
         from .train.grpo import GRPOConfig, PRESETS, train_grpo
 
         c = self.cfg
@@ -212,6 +216,8 @@ class Speedrun:
         g = cfg.grpo
         g.tasks, g.knobs, g.task_weights = c.tasks, {k: v for k, v in c.knobs.items() if k in self.task_list}, task_weights
         g.group_size, g.prompts_per_step, g.max_new_tokens = c.grpo_group_size, c.grpo_prompts, c.max_new_tokens
+        if sampling_rounds is not None:
+            g.max_sampling_rounds = sampling_rounds
         train_grpo(cfg, init, str(folder), resume=True)
 
     def verified_set(self, folder: Path, teacher: str, problems: int, k: int, seed: int,
@@ -273,14 +279,15 @@ class Speedrun:
         cold = self.stage("r1-cold-start", lambda d: self.sft(d, base.checkpoint, c.cold_start_steps,
                                                                self.clean_set(self.out / "data", c.cold_start_examples), teacher,
                                                                c.finetune_lr))
-        rl1 = self.stage("r1-grpo1", lambda d: self.grpo(d, cold.checkpoint, teacher))
+        rl1 = self.stage("r1-grpo1", lambda d: self.grpo(d, cold.checkpoint, teacher, sampling_rounds=c.r1_sampling_rounds))
         rs = self.stage("r1-rs-sft", lambda d: self.sft(d, rl1.checkpoint, c.rs_sft_steps,
                                                        self.verified_set(self.out / "data" / "rejection", rl1.checkpoint,
                                                                          c.rejection_problems, c.rejection_k, c.seed + 1,
                                                                          add=self.out / "data" / "cold_start.jsonl"),
                                                        teacher, c.rs_sft_lr))
         r1 = self.stage("r1", lambda d: self.grpo(d, rs.checkpoint, teacher, c.r1_grpo_steps, c.r1_grpo_lr,
-                                                     ",".join(str(c.r1_task_weights.get(t, 1.0)) for t in self.task_list)))
+                                                     ",".join(str(c.r1_task_weights.get(t, 1.0)) for t in self.task_list),
+                                                     c.r1_sampling_rounds))
         s_base = self.stage("student-base", lambda d: self.pretrain(d, student, c.student_pretrain_steps))
         self.stage("student-distilled", lambda d: self.sft(d, s_base.checkpoint, c.distill_steps,
                                                            self.verified_set(self.out / "data" / "distill", r1.checkpoint,
