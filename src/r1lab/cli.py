@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name: (module, one-line help, example)
@@ -48,7 +49,21 @@ def _listing() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    code = _main(sys.argv[1:] if argv is None else argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun worker whose job is done (checkpoints written, process group torn down) leaves without
+        # the interpreter's teardown: in about 1 run in 30, a gloo rank's C++ destructors there ended in
+        # "terminate called without an active exception" (SIGABRT), failing a finished job.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed, or its reader left
+                pass
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     top = argparse.ArgumentParser(
         prog="r1lab",
         description="Build your own DeepSeek-R1-style reasoning model: pretrain, SFT, GRPO, distill, eval, serve.",
