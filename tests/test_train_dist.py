@@ -50,9 +50,14 @@ def test_ddp_two_ranks_match_one_process(tmp_path, tok_dir, single):
 
 
 @pytest.mark.slow
-def test_fsdp_two_ranks_match_one_process_and_resume(tmp_path, tok_dir, single):
+def test_fsdp_two_ranks_match_one_process_and_resume(tmp_path, tok_dir):
+    # Muon needs whole matrices, so FSDP (sharded parameters) trains with AdamW, and so does its reference
+    adamw = [*ARGS, "max_steps=8", "optimizer=adamw"]
+    subprocess.run(_cli("pretrain", "--tokenizer", tok_dir, *adamw, "micro_batch_size=4", "--out", tmp_path / "single"),
+                   check=True, capture_output=True, env=ENV)
+    single = _losses(tmp_path / "single")
     out = tmp_path / "fsdp"
-    cmd = _torchrun("pretrain", "--tokenizer", tok_dir, *ARGS, "max_steps=8", "train.fsdp=true", "--out", out)
+    cmd = _torchrun("pretrain", "--tokenizer", tok_dir, *adamw, "train.fsdp=true", "--out", out)
     subprocess.run(cmd, check=True, capture_output=True, env=ENV)
     _check_same_curve(single, out, 8)
     # resume the sharded run from step 4: gathered weights and optimizer state go back to their shards
