@@ -20,13 +20,16 @@ def _torchrun(*args) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "r1lab.cli", *map(str, args)]
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory, tok_dir):
+def _single(out, tok_dir, *extra) -> list[float]:
     """One process, the global batch of 8 rows in two micro-batches of 4 (as the two ranks split it)."""
-    out = tmp_path_factory.mktemp("single") / "run"
-    subprocess.run(_cli("pretrain", "--tokenizer", tok_dir, *ARGS, "max_steps=8", "micro_batch_size=4", "--out", out),
+    subprocess.run(_cli("pretrain", "--tokenizer", tok_dir, *ARGS, "max_steps=8", *extra, "micro_batch_size=4", "--out", out),
                    check=True, capture_output=True, env=ENV)
     return _losses(out)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tok_dir):
+    return _single(tmp_path_factory.mktemp("single") / "run", tok_dir)
 
 
 def _check_same_curve(single: list[float], out, steps: int) -> None:
@@ -52,12 +55,9 @@ def test_ddp_two_ranks_match_one_process(tmp_path, tok_dir, single):
 @pytest.mark.slow
 def test_fsdp_two_ranks_match_one_process_and_resume(tmp_path, tok_dir):
     # Muon needs whole matrices, so FSDP (sharded parameters) trains with AdamW, and so does its reference
-    adamw = [*ARGS, "max_steps=8", "optimizer=adamw"]
-    subprocess.run(_cli("pretrain", "--tokenizer", tok_dir, *adamw, "micro_batch_size=4", "--out", tmp_path / "single"),
-                   check=True, capture_output=True, env=ENV)
-    single = _losses(tmp_path / "single")
+    single = _single(tmp_path / "single", tok_dir, "optimizer=adamw")
     out = tmp_path / "fsdp"
-    cmd = _torchrun("pretrain", "--tokenizer", tok_dir, *adamw, "train.fsdp=true", "--out", out)
+    cmd = _torchrun("pretrain", "--tokenizer", tok_dir, *ARGS, "max_steps=8", "optimizer=adamw", "train.fsdp=true", "--out", out)
     subprocess.run(cmd, check=True, capture_output=True, env=ENV)
     _check_same_curve(single, out, 8)
     # resume the sharded run from step 4: gathered weights and optimizer state go back to their shards
