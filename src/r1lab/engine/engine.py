@@ -25,8 +25,10 @@ from ..model import Transformer
 from .cache import KVCache
 from .detok import Detokenizer
 from .forward import Runner
+from .progress import progress_bar
 from .request import Completion, EngineError, PromptTooLong, QueueFull, Request, RequestHandle, StreamEvent
 from .sampling import Sampler, SamplingParams
+from .scoring import PromptScorer, top_logprobs
 
 __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", "RequestHandle", "StreamEvent"]
 
@@ -94,7 +96,7 @@ class Engine:
         requests = [self._request(self._encode(p), sp, sink=None) for p, sp in zip(prompts, plist)]
         self._incoming.extend(requests)
         self._wake.set()
-        with _progress(progress, len(requests)) as advance:
+        with progress_bar(progress, len(requests)) as advance:
             if self._thread is None:
                 with self._lock:
                     for r in requests:
@@ -220,7 +222,8 @@ class Engine:
         detok = Detokenizer(self.tokenizer, params.stop) if self.tokenizer is not None and (params.stop or sink) else None
         return Request(id=next(self._ids), prompt=prompt, params=params,
                        max_total=min(limit, len(prompt) + params.max_tokens), stop_ids=frozenset(stop_ids),
-                       generator=generator, detok=detok, sink=sink, logprobs=[] if params.logprobs else None)
+                       generator=generator, detok=detok, sink=sink, logprobs=[] if params.logprobs else None,
+                       top_logprobs=[] if params.top_logprobs else None)
 
     def _completion(self, r: Request) -> Completion:
         if r.detok is not None:
@@ -232,7 +235,7 @@ class Engine:
             text = ""
         return Completion(text=text, token_ids=list(r.output), finish_reason=r.finish_reason or "cancelled",
                           prompt_token_ids=r.prompt, logprobs=list(r.logprobs) if r.logprobs is not None else None,
-                          stop_reason=r.stop_reason)
+                          stop_reason=r.stop_reason, top_logprobs=r.top_logprobs, prompt_logprobs=r.prompt_logprobs)
 
     # ---------------------------------------------------------------- the loop
 
@@ -260,9 +263,9 @@ class Engine:
             for r in running + queued:
                 if r.finish_reason is None:
                     r.error = e
-                    self._finish(r, "error")
+                    r.finish("error")
                 if r.sink is not None:
-                    self._emit(r)
+                    r.emit()
             self._retire(running)
             for r in queued:
                 r.done.set()
@@ -334,17 +337,23 @@ class Engine:
         ids = torch.tensor([r.prompt + [self.pad_token_id] * (T - len(r.prompt)) for r in batch], device=self.device)
         last = torch.tensor(lengths, device=self.device) - 1  # position whose logits sample the first token
         chunk = max(1, min(T, PREFILL_SCORE_BUDGET // (B * self.model.config.num_attention_heads * T)))
+        if (scorer := PromptScorer.of(batch, ids)) is not None:  # every position's logits: (B, chunk, V), in budget
+            chunk = max(1, min(chunk, PREFILL_SCORE_BUDGET // (B * self.model.config.vocab_size)))
         logits = None
         for c in range(0, T, chunk):
             part = ids[:, c:c + chunk]
-            out = self.runner.forward(part, torch.full((B,), c, device=self.device), slot0,
-                                      (last - c).clamp(0, part.shape[1] - 1), self.cache, c + part.shape[1])
+            at = (last - c).clamp(0, part.shape[1] - 1)
+            out = self.runner.forward(part, torch.full((B,), c, device=self.device), slot0, at, self.cache,
+                                      c + part.shape[1], all_positions=scorer is not None)
+            if scorer is not None:
+                scorer.add(out, c)
+                out = out[torch.arange(B, device=self.device), at]
             # keep the rows whose last prompt token fell in this chunk
             logits = out if logits is None else torch.where(((last >= c) & (last < c + chunk))[:, None], out, logits)
         for r in batch:
             r.cached = len(r.prompt)
         sampler = Sampler([r.params for r in batch], [r.generator for r in batch], logits.shape[-1], self.device)
-        self._process(batch, *sampler(logits))
+        self._process(batch, sampler, logits)
 
     def _decode(self) -> None:
         running = self._running
@@ -359,47 +368,40 @@ class Engine:
         logits = self.runner.forward(ids, start, 0, None, self.cache, kv_len)
         for r in running:
             r.cached += 1
-        self._process(running, *self._sampler(logits))
+        self._process(running, self._sampler, logits)
 
-    def _process(self, requests: list[Request], tokens: torch.Tensor, logprobs: torch.Tensor | None) -> None:
-        """Record each request's new token, decide whether it is done, stream it, retire the finished."""
-        token_list = tokens.tolist()
-        logprob_list = logprobs.tolist() if logprobs is not None else None
+    def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor) -> None:
+        """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""
+        tokens, logprobs = sampler(logits)
+        top = top_logprobs(logits, sampler.top_logprobs) if sampler.top_logprobs else None
+        token_list, logprob_list = tokens.tolist(), logprobs.tolist() if logprobs is not None else None
         finished = []
         for i, r in enumerate(requests):
             if r.cancelled:  # cancelled from another thread during this step
                 continue
-            t = token_list[i]
-            r.output.append(t)
-            if r.logprobs is not None:
-                r.logprobs.append(logprob_list[i])
-            self._generated += 1
-            if t in r.stop_ids:
-                self._finish(r, "stop", None if t == self.eos_token_id and t not in r.params.stop_token_ids else t)
-            elif r.detok is not None and (stop := r.detok.add(t)) is not None:
-                self._finish(r, "stop", stop)
-            elif len(r.output) >= r.params.max_tokens or len(r.prompt) + len(r.output) >= r.max_total:
-                self._finish(r, "length")
+            self._record(r, token_list[i], logprob_list[i] if logprob_list else None, top[i] if top else None)
             if r.sink is not None:
-                self._emit(r)
+                r.emit()
             if r.finish_reason is not None:
                 finished.append(r)
         self._retire(finished)
 
-    def _finish(self, r: Request, reason: str, stop_reason: str | int | None = None) -> None:
-        r.finish_reason, r.stop_reason = reason, stop_reason
-        if r.detok is not None and not isinstance(stop_reason, str):
-            r.detok.flush()  # a stop string already cut the text; otherwise keep the last bytes
-
-    def _emit(self, r: Request) -> None:
-        final = r.finish_reason is not None
-        text = r.detok.take_stream(final) if r.detok is not None else ""
-        new = r.output[r.streamed:]
-        if not (text or new or final):
-            return
-        logprobs = r.logprobs[r.streamed:] if r.logprobs is not None else None
-        r.streamed = len(r.output)
-        r.sink(StreamEvent(text=text, token_ids=new, finish_reason=r.finish_reason, logprobs=logprobs))
+    def _record(self, r: Request, t: int, logprob: float | None, top: list[tuple[int, float]] | None) -> None:
+        """Append one sampled token (and its log-probs) to r, and finish r if it is done."""
+        if r.params.max_tokens == 0:  # scoring only (prompt_logprobs): the sampled token is dropped
+            return r.finish("length")
+        r.output.append(t)
+        if r.logprobs is not None:
+            r.logprobs.append(logprob)
+        if r.top_logprobs is not None:
+            r.top_logprobs.append(top[:r.params.top_logprobs])
+        self._generated += 1
+        if t in r.stop_ids:
+            r.finish("stop", None if t == self.eos_token_id and t not in r.params.stop_token_ids else t)
+        elif r.detok is not None and (stop := r.detok.add(t)) is not None:
+            r.finish("stop", stop)
+        elif len(r.output) >= r.params.max_tokens or len(r.prompt) + len(r.output) >= r.max_total:
+            r.finish("length")
 
     def _retire(self, finished: list[Request]) -> None:
         """Free the slots of finished requests, moving the last running sequence into each hole."""
@@ -436,33 +438,12 @@ class Engine:
             return
         r.cancelled = True
         if r.finish_reason is None:
-            self._finish(r, "cancelled")
+            r.finish("cancelled")
         if r.sink is not None:
-            self._emit(r)
+            r.emit()
         if r.slot is not None:
             self._retire([r])
             return
         if r in self._waiting:
             self._waiting.remove(r)
         r.done.set()
-
-
-class _progress:
-    """A rich progress bar over finished requests, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        self.bar.start()
-        task = self.bar.add_task("generate", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()

@@ -192,10 +192,11 @@ class Runner:
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, start: torch.Tensor, slot0: int, last: torch.Tensor | None,
-                cache: KVCache, kv_len: int) -> torch.Tensor:
+                cache: KVCache, kv_len: int, all_positions: bool = False) -> torch.Tensor:
         """ids (B, T) are the new tokens of the sequences in slots slot0..slot0+B-1, whose first new token
         sits at position start[b]. Writes their cache entries, attends over cache positions < kv_len
-        (causally), and returns the logits (B, V) at position `last[b]` of each row (the last, if None)."""
+        (causally), and returns the logits (B, V) at position `last[b]` of each row (the last, if None), or
+        with all_positions those of every new token (B, T, V)."""
         B, T = ids.shape
         device = ids.device
         positions = start[:, None] + torch.arange(T, device=device) if T > 1 else start[:, None]  # (B, T)
@@ -219,6 +220,8 @@ class Runner:
                 x = x + self._mha(layer, h, cos, sin, cache.tensors[0][i], cache.tensors[1][i], where, bias, slot0, kv_len)
             h = layer.mlp_norm(x)
             x = x + (self._moe(layer, h) if layer.router is not None else swiglu(h, layer.gate_up, layer.down))
+        if all_positions:
+            return F.linear(self.final_norm(x), self.lm_head)
         x = x.view(B, -1) if T == 1 else x[torch.arange(B, device=device), last]
         return F.linear(self.final_norm(x), self.lm_head)
 

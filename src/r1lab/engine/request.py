@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .detok import Detokenizer
 from .sampling import SamplingParams
+from .scoring import TokenScore
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -31,7 +32,9 @@ class EngineError(RuntimeError):
 class Completion:
     """One finished request. token_ids include the stop token that ended it (EOS or one of
     stop_token_ids), as vLLM's do, so a trainer learns to stop; text never contains that token, nor the
-    stop string or anything after it. logprobs: one per token id (see SamplingParams)."""
+    stop string or anything after it. logprobs: one per token id; top_logprobs: each step's alternatives as
+    (token id, log-prob); prompt_logprobs: None, then one TokenScore per later prompt token (see
+    SamplingParams)."""
 
     text: str
     token_ids: list[int]
@@ -39,16 +42,21 @@ class Completion:
     prompt_token_ids: list[int]
     logprobs: list[float] | None = None
     stop_reason: str | int | None = None  # the stop string or stop token id; None for EOS and "length"
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    prompt_logprobs: list[TokenScore | None] | None = None
 
 
 @dataclass
 class StreamEvent:
-    """What one request gained since its last event. finish_reason is set on the last event only."""
+    """What one request gained since its last event. finish_reason is set on the last event only;
+    prompt_logprobs on the first one."""
 
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    prompt_logprobs: list[TokenScore | None] | None = None
 
 
 @dataclass(eq=False)
@@ -63,6 +71,8 @@ class Request:
     sink: Callable[[StreamEvent], None] | None = None
     output: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    prompt_logprobs: list[TokenScore | None] | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     error: BaseException | None = None
@@ -70,7 +80,26 @@ class Request:
     slot: int | None = None
     cached: int = 0  # tokens of this sequence in the KV cache
     streamed: int = 0  # output tokens already sent to the sink
+    prompt_sent: bool = False  # the first event (which carries prompt_logprobs) went out
     done: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, reason: str, stop_reason: str | int | None = None) -> None:
+        self.finish_reason, self.stop_reason = reason, stop_reason
+        if self.detok is not None and not isinstance(stop_reason, str):
+            self.detok.flush()  # a stop string already cut the text; otherwise keep the last bytes
+
+    def emit(self) -> None:
+        """Send the sink what this request gained since its last event (nothing if nothing did)."""
+        final = self.finish_reason is not None
+        text = self.detok.take_stream(final) if self.detok is not None else ""
+        new = self.output[self.streamed:]
+        if not (text or new or final):
+            return
+        logprobs = self.logprobs[self.streamed:] if self.logprobs is not None else None
+        top = self.top_logprobs[self.streamed:] if self.top_logprobs is not None else None
+        first, self.streamed, self.prompt_sent = not self.prompt_sent, len(self.output), True
+        self.sink(StreamEvent(text=text, token_ids=new, finish_reason=self.finish_reason, logprobs=logprobs,
+                              top_logprobs=top, prompt_logprobs=self.prompt_logprobs if first else None))
 
 
 class RequestHandle:

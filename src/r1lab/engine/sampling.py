@@ -19,9 +19,14 @@ class SamplingParams:
 
     temperature 0 means greedy. top_k 0 (or -1) and top_p 1 switch those filters off. Generation stops at
     the EOS token (unless ignore_eos), at any of stop_token_ids, at any of the stop strings (the returned
-    text ends right before it), or after max_tokens tokens. logprobs=True returns, for each sampled token,
-    its log-probability under the model's raw distribution: log_softmax(logits) at temperature 1, before
-    top-k/top-p (what GRPO's importance ratio needs).
+    text ends right before it), or after max_tokens tokens. max_tokens 0 generates nothing (to score a
+    prompt with prompt_logprobs).
+
+    Log-probs are always the model's raw distribution, log_softmax(logits) at temperature 1, before
+    temperature, top-k and top-p: what GRPO's importance ratio and a distillation teacher's score need, the
+    same number however a token was sampled, and vLLM's default. logprobs=True returns one per sampled
+    token; top_logprobs=k (implies logprobs) also the k most likely tokens of each step; prompt_logprobs=k
+    (None = off) the log-prob of every prompt token after the first, with its rank and the step's top k.
     """
 
     max_tokens: int = 256
@@ -33,6 +38,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # the OpenAI API allows one string
@@ -41,8 +48,11 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.top_k is None or self.top_k < 0:
             self.top_k = 0
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be at least 0, got {self.max_tokens}")
+        if self.top_logprobs < 0 or (self.prompt_logprobs is not None and self.prompt_logprobs < 0):
+            raise ValueError(f"top_logprobs and prompt_logprobs must be >= 0, got {self.top_logprobs}, {self.prompt_logprobs}")
+        self.logprobs = self.logprobs or self.top_logprobs > 0
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -72,6 +82,7 @@ class Sampler:
         self.all_greedy = all(p.greedy for p in params)
         self.any_greedy = any(p.greedy for p in params)
         self.want_logprobs = any(p.logprobs for p in params)
+        self.top_logprobs = max(p.top_logprobs for p in params)  # alternatives the widest row wants
         self.greedy_rows = torch.tensor([p.greedy for p in params], device=device)
         # greedy rows are divided by 1 and then overwritten by the argmax
         self.temperature = torch.tensor([p.temperature or 1.0 for p in params], device=device)[:, None]
