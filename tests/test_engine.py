@@ -160,7 +160,7 @@ def test_long_prompts_are_prefilled_in_chunks(tokenizer, monkeypatch):
     engine = Engine(model, tokenizer)
     widths = []
     forward = engine.runner.forward
-    engine.runner.forward = lambda ids, *rest: widths.append(ids.shape[1]) or forward(ids, *rest)
+    engine.runner.forward = lambda ids, *rest, **kw: widths.append(ids.shape[1]) or forward(ids, *rest, **kw)
     assert [c.token_ids for c in engine.generate(batch, params)] == expected
     assert sum(w > 1 for w in widths) >= 3 and max(widths) < max(map(len, batch))
 
@@ -316,10 +316,10 @@ def record_batches(engine):
     seen = []
     forward = engine.runner.forward
 
-    def spy(ids, start, slot0, last, cache, kv_len):
+    def spy(ids, start, slot0, last, cache, kv_len, **kw):
         stats = engine.stats()
         seen.append((ids.shape[0], stats["running"], stats["cached_tokens"], stats["reserved_tokens"]))
-        return forward(ids, start, slot0, last, cache, kv_len)
+        return forward(ids, start, slot0, last, cache, kv_len, **kw)
 
     engine.runner.forward = spy
     return seen
@@ -421,7 +421,7 @@ def test_async_stream_and_cancel_on_close(tokenizer):
 def test_a_failing_step_fails_its_requests_instead_of_hanging(tokenizer):
     engine = Engine(make_model(tokenizer.vocab_size), tokenizer)
 
-    def boom(*args):
+    def boom(*args, **kw):
         raise RuntimeError("boom")
 
     engine.runner.forward = boom
