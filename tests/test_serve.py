@@ -529,7 +529,8 @@ field_value = {
     "stop": st.text(max_size=4) | st.lists(st.text(max_size=4), max_size=20) | json_value,
     "stream": st.booleans() | json_value, "stream_options": st.fixed_dictionaries({"include_usage": json_value}) | json_value,
     "top_k": st.integers(-5, 1000) | json_value, "ignore_eos": st.booleans() | json_value, "echo": st.booleans() | json_value,
-    "logprobs": json_value, "unknown_field": json_value,
+    "logprobs": json_value, "top_logprobs": st.integers(-2, 25) | json_value, "prompt_logprobs": st.integers(-2, 25) | json_value,
+    "unknown_field": json_value,
 }
 bodies = st.fixed_dictionaries({}, optional=field_value)
 # valid requests with one field (maybe) replaced by anything: these reach generation, not just validation
@@ -542,10 +543,11 @@ valid_fields = {
 valid_chat = st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries({
     "role": st.sampled_from(["user", "assistant", "system", "developer"]),
     "content": st.text(max_size=30) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}), max_size=2)}),
-    min_size=1, max_size=3)}, optional=valid_fields)
+    min_size=1, max_size=3)}, optional={**valid_fields, "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20)})
 valid_completion = st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=30) | st.lists(st.integers(0, 319), min_size=1, max_size=8)
                                           | st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3)},
-                                         optional={**valid_fields, "echo": st.booleans()})
+                                         optional={**valid_fields, "echo": st.booleans(), "max_tokens": st.integers(0, 6),
+                                                   "logprobs": st.integers(0, 20), "prompt_logprobs": st.integers(0, 20)})
 mutation = st.dictionaries(st.sampled_from(sorted(field_value)), json_value, max_size=1)
 headers = st.fixed_dictionaries({}, optional={
     "Content-Type": st.sampled_from(["application/json"] * 6 + ["text/plain", "application/x-www-form-urlencoded", "",

@@ -9,8 +9,13 @@ batch slots. `max_tokens` larger than what is left of the context is clamped to 
 "length" says so); a prompt that leaves no room at all is a 400 `context_length_exceeded`. A missing
 max_tokens means "up to the end of the context". A temperature below 1e-5 means greedy.
 
-Request fields we do not implement (logprobs, tools, response_format, ...) are ignored, as extra fields
-are; vLLM's `top_k` and `ignore_eos` are accepted.
+Log-probs: the chat endpoint's `logprobs` / `top_logprobs` (0-20) and the completions endpoint's
+`logprobs` (0-20), `echo` and vLLM's `prompt_logprobs`, streamed and not; `max_tokens: 0` with `echo`
+(or `prompt_logprobs`) scores a prompt without generating, which is how a distillation trainer has a
+teacher score a student's tokens. They are raw (log_softmax at temperature 1; see serve/logprobs.py).
+
+Request fields we do not implement (tools, response_format, ...) are ignored, as extra fields are;
+vLLM's `top_k` and `ignore_eos` are accepted.
 """
 from __future__ import annotations
 
@@ -74,7 +79,9 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         prompt = _encode(lambda: state.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        job = _admit(state, request, [prompt], body, max_tokens)
+        if body.top_logprobs and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        job = _admit(state, request, [prompt], body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return JobStream(job, chat_stream(state, job, include_usage))
@@ -83,9 +90,14 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
     @app.post("/v1/completions", dependencies=v1)
     async def completions(body: CompletionRequest, request: Request):
         _check_model(state, body)
+        if body.max_tokens == 0 and not body.echo and body.prompt_logprobs is None:
+            raise APIError(400, "max_tokens: 0 generates nothing; it is only allowed with echo or prompt_logprobs "
+                           "(to score the prompt)", param="max_tokens")
         prompts = _completion_prompts(state, body.prompt)
         echo = [state.tokenizer.decode(p) for p in prompts] if body.echo else None
-        job = _admit(state, request, prompts, body, body.max_tokens)
+        scored = [k for k in (body.logprobs if body.echo else None, body.prompt_logprobs) if k is not None]
+        job = _admit(state, request, prompts, body, body.max_tokens, body.logprobs, body.prompt_logprobs,
+                     max(scored) if scored else None)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return JobStream(job, text_stream(state, job, include_usage, echo))
@@ -136,15 +148,18 @@ def _completion_prompts(state: ServerState, prompt) -> list[list[int]]:
     return prompts
 
 
-def _admit(state: ServerState, request: Request, prompts: list[list[int]], body: SamplingFields,
-           max_tokens: int | None) -> Job:
-    """Check the prompts fit, build one SamplingParams per choice, and take capacity (given back by `Job.release`)."""
+def _admit(state: ServerState, request: Request, prompts: list[list[int]], body: SamplingFields, max_tokens: int | None,
+           top_logprobs: int | None = None, prompt_logprobs: int | None = None, scored: int | None = None) -> Job:
+    """Check the prompts fit, build one SamplingParams per choice, and take capacity (given back by `Job.release`).
+    top_logprobs: None for no log-probs; prompt_logprobs: what the response shows as vLLM's prompt_logprobs;
+    scored: the alternatives the engine computes per prompt token (None: the prompt is not scored)."""
     from ..engine import SamplingParams
 
     for p in prompts:
-        if len(p) >= state.max_model_len:
+        if len(p) > state.max_model_len or (len(p) == state.max_model_len and max_tokens != 0):
+            room = ", which leaves no room to generate." if len(p) == state.max_model_len else "."
             raise APIError(400, f"This model's maximum context length is {state.max_model_len} tokens; the prompt has "
-                           f"{len(p)} tokens, which leaves no room to generate.", param="messages",
+                           f"{len(p)} tokens{room}", param="messages",
                            code="context_length_exceeded")
     # a temperature this close to 0 would overflow logits / T: it means greedy (as vLLM treats it)
     temperature = 0.0 if body.temperature < 1e-5 else body.temperature
@@ -153,9 +168,10 @@ def _admit(state: ServerState, request: Request, prompts: list[list[int]], body:
         room = state.max_model_len - len(p)
         for i in range(body.n):
             seed = None if body.seed is None else (body.seed + i) % (2**63)
-            params.append(SamplingParams(max_tokens=min(max_tokens or room, room), temperature=temperature,
-                                         top_p=body.top_p, top_k=body.top_k, seed=seed, stop=body.stop_list(),
-                                         ignore_eos=body.ignore_eos))
+            params.append(SamplingParams(max_tokens=room if max_tokens is None else min(max_tokens, room),
+                                         temperature=temperature, top_p=body.top_p, top_k=body.top_k, seed=seed,
+                                         stop=body.stop_list(), ignore_eos=body.ignore_eos, logprobs=top_logprobs is not None,
+                                         top_logprobs=top_logprobs or 0, prompt_logprobs=scored))
             seqs.append(p)
     if state.in_flight + len(seqs) > state.capacity:
         raise APIError(429, f"The server is at capacity ({state.capacity} sequences in flight); retry shortly.",
@@ -164,4 +180,4 @@ def _admit(state: ServerState, request: Request, prompts: list[list[int]], body:
     prompt_tokens = sum(len(p) for p in prompts)
     state.metrics.prompt_tokens += prompt_tokens
     request.state.usage = usage = [prompt_tokens, 0]
-    return Job(state, seqs, params, prompt_tokens, usage)
+    return Job(state, seqs, params, prompt_tokens, usage, top_logprobs=top_logprobs, prompt_logprobs=prompt_logprobs)

@@ -19,9 +19,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from .. import __version__
 from .errors import APIError
+from .logprobs import TextLogprobBuilder, TokenText, chat_logprobs, prompt_logprobs
 from .metrics import Metrics
 from .protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatChunkChoice, ChatDelta,
-                       CompletionTokensDetails, TextChoice, TextCompletion, Usage, new_id, now)
+                       CompletionTokensDetails, TextChoice, TextCompletion, TextLogprobs, Usage, new_id, now)
 from .reasoning import ReasoningSplitter, reasoning_token_count
 
 log = logging.getLogger("r1lab.serve")
@@ -41,6 +42,10 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: int = 0
     created: int = field(default_factory=now)
+    names: TokenText = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = TokenText(self.tokenizer)
 
 
 @dataclass
@@ -52,6 +57,8 @@ class Job:
     params: list  # SamplingParams per choice
     prompt_tokens: int  # counted once per distinct prompt, as OpenAI does
     usage: list[int]  # [prompt, completion] tokens, shared with the request log line
+    top_logprobs: int | None = None  # None: no log-probs; else alternatives per token
+    prompt_logprobs: int | None = None  # vLLM's prompt_logprobs (None: not asked for)
     started: float = field(default_factory=time.perf_counter)
     released: bool = False
 
@@ -72,6 +79,9 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: list | None = None
 
 
 async def _run(state: ServerState, job: Job) -> AsyncIterator[tuple[int, object]]:
@@ -155,6 +165,10 @@ async def _collect(state: ServerState, job: Job) -> list[ChoiceResult]:
             r = results[index]
             r.token_ids += ev.token_ids
             r.text += ev.text
+            r.logprobs += ev.logprobs or []
+            r.top_logprobs += ev.top_logprobs or []
+            if ev.prompt_logprobs is not None:
+                r.prompt_logprobs = ev.prompt_logprobs
             if ev.finish_reason is not None:
                 r.finish_reason = ev.finish_reason
     except APIError:
@@ -182,7 +196,10 @@ async def chat_full(state: ServerState, job: Job) -> ChatCompletion:
         splitter.feed(r.text)
         splitter.finish()
         message = AssistantMessage(content=splitter.content, reasoning_content=splitter.reasoning or None)
-        choices.append(ChatChoice(index=i, message=message, finish_reason=_finish(r.finish_reason)))
+        logprobs = None
+        if job.top_logprobs is not None:
+            logprobs = chat_logprobs(state.names, r.token_ids, r.logprobs, r.top_logprobs, job.top_logprobs)
+        choices.append(ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=_finish(r.finish_reason)))
         reasoning_tokens += _reasoning_tokens(state, r.token_ids)
     usage = _usage(state, job, sum(len(r.token_ids) for r in results), reasoning_tokens)
     return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=state.model_name,
@@ -192,11 +209,26 @@ async def chat_full(state: ServerState, job: Job) -> ChatCompletion:
 async def text_full(state: ServerState, job: Job, echo: list[str] | None) -> TextCompletion:
     results = await _collect(state, job)
     n = len(results) // (len(echo) if echo else 1)
-    choices = [TextChoice(index=i, text=(echo[i // n] if echo else "") + r.text, finish_reason=_finish(r.finish_reason))
-               for i, r in enumerate(results)]
+    choices = []
+    for i, r in enumerate(results):
+        choices.append(TextChoice(index=i, text=(echo[i // n] if echo else "") + r.text, finish_reason=_finish(r.finish_reason)))
+        _text_logprobs(state, job, choices[-1], r, TextLogprobBuilder(state.names, job.top_logprobs or 0), bool(echo),
+                       job.prompts[i])
     usage = _usage(state, job, sum(len(r.token_ids) for r in results), None)
     return TextCompletion(id=new_id("cmpl"), created=now(), model=state.model_name,
                           system_fingerprint=SYSTEM_FINGERPRINT, choices=choices, usage=usage)
+
+
+def _text_logprobs(state: ServerState, job: Job, choice: TextChoice, result: ChoiceResult, builder: TextLogprobBuilder,
+                   echo: bool, prompt: list[int]) -> None:
+    """Fill a completions choice's logprobs (the echoed prompt's first, when `result` holds the prompt's
+    scores) and prompt_logprobs from what the engine returned."""
+    scores = result.prompt_logprobs
+    if job.top_logprobs is not None:
+        out = builder.prompt(prompt, scores) if echo and scores is not None else TextLogprobs()
+        choice.logprobs = builder.completion(result.token_ids, result.logprobs, result.top_logprobs, out)
+    if job.prompt_logprobs is not None and scores is not None:
+        choice.prompt_logprobs = prompt_logprobs(state.names, prompt, scores, job.prompt_logprobs)
 
 
 async def with_disconnect_watch(request: Request, job: Job, work):
@@ -252,9 +284,13 @@ async def chat_stream(state: ServerState, job: Job, include_usage: bool) -> Asyn
             if ev.finish_reason is not None:
                 tail = splitters[index].finish()
                 delta.reasoning += tail.reasoning
-            if delta:
+            logprobs = None
+            if job.top_logprobs is not None and ev.token_ids:  # tokens whose text the splitter may still hold back
+                logprobs = chat_logprobs(state.names, ev.token_ids, ev.logprobs or [], ev.top_logprobs, job.top_logprobs)
+            if delta or logprobs is not None:
                 yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(
-                    index=index, delta=ChatDelta(content=delta.content or None, reasoning_content=delta.reasoning or None))]))
+                    index=index, delta=ChatDelta(content=delta.content or None, reasoning_content=delta.reasoning or None),
+                    logprobs=logprobs)]))
             if ev.finish_reason is not None:
                 yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(
                     index=index, delta=ChatDelta(), finish_reason=_finish(ev.finish_reason))]))
@@ -269,15 +305,22 @@ async def chat_stream(state: ServerState, job: Job, include_usage: bool) -> Asyn
 async def text_stream(state: ServerState, job: Job, include_usage: bool, echo: list[str] | None) -> AsyncIterator[bytes]:
     head = dict(id=new_id("cmpl"), created=now(), model=state.model_name, system_fingerprint=SYSTEM_FINGERPRINT)
     completion_tokens = 0
-    if echo:
-        n = len(job.prompts) // len(echo)
-        yield _dump(TextCompletion(**head, choices=[TextChoice(index=i, text=echo[i // n]) for i in range(len(job.prompts))]))
+    n = len(job.prompts) // len(echo) if echo else 1
+    builders = [TextLogprobBuilder(state.names, job.top_logprobs or 0) for _ in job.prompts]
+    started = [False] * len(job.prompts)
     try:
         async for index, ev in _run(state, job):
             completion_tokens += len(ev.token_ids)
-            if ev.text or ev.finish_reason is not None:
+            first, started[index] = not started[index], True
+            text = (echo[index // n] if echo and first else "") + ev.text
+            wanted = (job.top_logprobs is not None and ev.token_ids) or (first and job.prompt_logprobs is not None)
+            if text or ev.finish_reason is not None or wanted:
                 finish = _finish(ev.finish_reason) if ev.finish_reason is not None else None
-                yield _dump(TextCompletion(**head, choices=[TextChoice(index=index, text=ev.text, finish_reason=finish)]))
+                choice = TextChoice(index=index, text=text, finish_reason=finish)
+                result = ChoiceResult(token_ids=ev.token_ids, logprobs=ev.logprobs or [], top_logprobs=ev.top_logprobs or [],
+                                      prompt_logprobs=ev.prompt_logprobs)
+                _text_logprobs(state, job, choice, result, builders[index], bool(echo) and first, job.prompts[index])
+                yield _dump(TextCompletion(**head, choices=[choice]))
     except Exception as e:  # noqa: BLE001
         yield sse(json.dumps((e if isinstance(e, APIError) else _engine_error(e)).body(), ensure_ascii=True))
     if include_usage:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_N = 16  # choices per request
 MAX_STOP = 16  # stop strings per request
+MAX_LOGPROBS = 20  # alternatives per token (top_logprobs, logprobs, prompt_logprobs), OpenAI's chat limit
+LogprobCount = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
 
 
 class Request(BaseModel):
@@ -66,6 +68,8 @@ class SamplingFields(Request):
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: LogprobCount | None = None  # needs logprobs: true
 
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -74,6 +78,9 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     echo: bool = False
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 (with echo or prompt_logprobs): score the prompt only
+    logprobs: LogprobCount | None = None  # the legacy API's: log-probs, with this many alternatives per token
+    prompt_logprobs: LogprobCount | None = None  # vLLM's: score every prompt token
 
 
 # ---------------------------------------------------------------- responses
@@ -107,10 +114,42 @@ class AssistantMessage(Response):
     reasoning_content: str | None = None
 
 
+class TopLogprob(Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(Response):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class TextLogprobs(Response):
+    """The legacy completions API's log-probs: parallel lists, one entry per token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class PromptLogprob(Response):
+    """One token of vLLM's prompt_logprobs."""
+
+    logprob: float
+    rank: int
+    decoded_token: str
+
+
 class ChatChoice(Response):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None
 
 
@@ -133,7 +172,7 @@ class ChatDelta(Response):
 class ChatChunkChoice(Response):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -150,8 +189,9 @@ class ChatCompletionChunk(Response):
 class TextChoice(Response):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
 
 
 class TextCompletion(Response):
