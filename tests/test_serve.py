@@ -432,10 +432,19 @@ def test_models_health_metrics_and_page(server):
     assert values["r1lab_generated_tokens_total"] > 0 and values["r1lab_time_to_first_token_seconds_count"] > 0
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    # the page is markup only: its scripts and styles are static files (a strict CSP needs no 'unsafe-inline')
+    assert "<style" not in page.text and "style=" not in page.text and not re.search(r"<script(?![^>]*\bsrc=)", page.text)
+    links = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert links and all(link.startswith("static/") for link in links), links  # nothing from a CDN
+    files = {link: httpx.get(server.url + "/" + link) for link in links}
+    assert all(r.status_code == 200 and r.content for r in files.values()), {k: r.status_code for k, r in files.items()}
+    own = page.text + files["static/chat.js"].text + files["static/markdown.js"].text
     for marker in ('id="messages"', 'id="input"', 'id="send"', 'id="stop"', 'id="new-chat"', 'id="temperature"',
-                   'id="max-tokens"', 'id="api-key"', 'name="viewport"', "getReader", "AbortController"):
-        assert marker in page.text, marker
-    assert "innerHTML" not in page.text and "http://" not in page.text and "https://" not in page.text
+                   'id="max-tokens"', 'id="api-key"', 'name="viewport"', "getReader", "AbortController", "DOMPurify", "katex"):
+        assert marker in own, marker
+    assert "innerHTML" not in own and "http://" not in own and "https://" not in own
+    font = httpx.get(server.url + "/static/vendor/katex/fonts/KaTeX_Main-Regular.woff2")
+    assert font.status_code == 200 and font.content[:4] == b"wOF2"
 
 
 # ---------------------------------------------------------------- bad input never gets a 5xx

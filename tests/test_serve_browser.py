@@ -274,3 +274,132 @@ def run_page_checks(page: CDP, engine, out: Path) -> None:
     assert page.js("window.__bodies")[-1]["messages"] == [{"role": "user", "content": "Hello again"}]
     shot = page.screenshot(out / "chat-phone-new.png", 390, 844, mobile=True)
     print(f"screenshot: {shot}")
+
+
+# ---------------------------------------------------------------- Markdown, math and safety
+
+MD_THINKING = ("Carry the ones: $\\frac{14}{3}$ is not whole.\n\n"
+               "Then **add** the columns:\n\n- ones\n- tens\n")
+MD_ANSWER = ("The sum is\n\n$$4821 + 1379 = 6200$$\n\n"
+             "so the answer is \\boxed{6200}, and a third of 14 is \\(\\frac{14}{3}\\).\n\n"
+             "<img src=x onerror=\"window.__pwned = 1\"><script>window.__pwned = 2</script>\n\n"
+             "[click me](javascript:window.__pwned=3) and `code <b>bold</b>`\n\n"
+             "| a | b |\n|---|---|\n| 1 | 2 |\n")
+
+
+class ScriptedTextEngine:
+    """Streams one fixed completion (thinking, "</think>", answer), its tokens two per event, whatever
+    the prompt: the page test needs exact Markdown, which a bigram-scripted model cannot write (its
+    tokens would repeat). The server in front of it is the real one."""
+
+    max_running, max_model_len = 4, 256
+
+    def __init__(self, tokenizer, text: str, delay: float = 0.01):
+        self.tokenizer, self.ids, self.delay = tokenizer, tokenizer.encode(text), delay
+        assert tokenizer.decode(self.ids) == text
+
+    def stats(self) -> dict:
+        return {"running": 0, "waiting": 0}
+
+    async def stream(self, prompt_token_ids, params):
+        from r1lab.engine import StreamEvent
+
+        decode = self.tokenizer.decode
+        for n in range(0, len(self.ids), 2):
+            await asyncio.sleep(self.delay)
+            text = decode(self.ids[:n + 2])[len(decode(self.ids[:n])):]  # the text is ASCII: no split characters
+            yield StreamEvent(text=text, token_ids=self.ids[n:n + 2], finish_reason="stop" if n + 2 >= len(self.ids) else None)
+
+
+CSP = "default-src 'self'; script-src 'self'; style-src 'self'; font-src 'self'; img-src 'self'; connect-src 'self'"
+
+WATCH = """
+window.__violations = [];
+document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));
+"""
+
+# keeps the answer's first rendered block: if streaming re-rendered finished blocks, it would be replaced
+KEEP_FIRST_BLOCK = """
+new MutationObserver(() => {
+  const answer = document.querySelector('.msg.assistant .answer');
+  if (answer && answer.children.length >= 2 && !window.__firstBlock) window.__firstBlock = answer.children[0];
+}).observe(document.getElementById('messages'), {subtree: true, childList: true});
+true
+"""
+
+
+def test_markdown_and_math_render_safely_while_streaming(tokenizer, tmp_path):
+    chromium_path()
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from r1lab.serve import create_app
+    from r1lab.serve.cli import ServerThread
+
+    engine = ScriptedTextEngine(tokenizer, MD_THINKING + "</think>\n\n" + MD_ANSWER)
+    app = create_app(engine, tokenizer, "reasoner")
+
+    async def strict_csp(request, call_next):  # the strictest policy the page should live with
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        return response
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=strict_csp)
+    with ServerThread(app) as server, chromium("about:blank", tmp_path / "profile") as page:
+        page.call("Page.enable")
+        page.call("Page.addScriptToEvaluateOnNewDocument", source=WATCH)
+        page.call("Emulation.setDeviceMetricsOverride", width=1000, height=900, deviceScaleFactor=1, mobile=False)
+        page.call("Page.navigate", url=server.url + "/")
+        page.wait("document.readyState === 'complete' && document.getElementById('model-name').textContent === 'reasoner'",
+                  what="the page")
+        page.js(KEEP_FIRST_BLOCK)
+        page.type("#input", "What is 4821 + 1379?")
+        page.click("#send")
+        page.wait("document.querySelector('.msg.assistant')?.dataset.state === 'done'", what="the answer")
+        page.click(".msg.assistant details summary")  # open the folded thinking, to see it in the screenshot
+        shot = page.screenshot(tmp_path / "chat-markdown.png", 1000, 900, mobile=False)
+        print(f"\nscreenshot: {shot}")
+        q = "document.querySelector('.msg.assistant .answer')"
+        # math: fractions in the thinking and the answer, display math, \boxed
+        assert page.js("document.querySelectorAll('.msg.assistant .thinking-text .katex .mfrac').length") == 1
+        assert page.js(f"{q}.querySelectorAll('.katex .mfrac').length") == 1
+        assert page.js(f"{q}.querySelectorAll('.katex-display').length") == 1
+        assert page.js(f"{q}.querySelectorAll('.katex .boxpad').length") == 1
+        assert "6200" in page.js(f"{q}.querySelector('.katex .boxpad').textContent")
+        assert page.js(f"{q}.querySelectorAll('.math-source').length") == 0  # every formula parsed
+        # Markdown: bold, a list, a table, inline code (whose HTML stays text)
+        assert page.js("document.querySelector('.msg.assistant .thinking-text strong').textContent") == "add"
+        assert page.js("document.querySelectorAll('.msg.assistant .thinking-text li').length") == 2
+        assert page.js(f"{q}.querySelectorAll('table td').length") == 2
+        assert page.js(f"{q}.querySelector('code').textContent") == "code <b>bold</b>"
+        # safety: the model's HTML is shown as text, never run; no image, script or javascript: link
+        text = page.js(f"{q}.textContent")
+        assert '<img src=x onerror="window.__pwned = 1">' in text and "<script>window.__pwned = 2</script>" in text
+        assert page.js("document.querySelectorAll('.msg img, .msg script, .msg [onerror]').length") == 0
+        assert page.js(f"[...{q}.querySelectorAll('a')].every(a => !a.getAttribute('href') || "
+                       "!a.getAttribute('href').trim().toLowerCase().startsWith('javascript'))")
+        assert page.js(f"{q}.querySelector('a').textContent") == "click me"
+        page.click(".msg.assistant .answer a")
+        time.sleep(0.2)
+        assert page.js("window.__pwned === undefined")
+        # streaming re-rendered only the growing block: the first one is the node first shown
+        assert page.js(f"window.__firstBlock !== undefined && {q}.children[0] === window.__firstBlock")
+        # everything came from this server (fonts too), and the strict CSP blocked nothing
+        assert page.js("document.fonts.check('16px KaTeX_Main')")
+        resources = page.js("performance.getEntriesByType('resource').map(e => [e.name, e.responseStatus])")
+        assert all(name.startswith(server.url) for name, _ in resources), resources
+        assert any("KaTeX_Main-Regular.woff2" in name and status == 200 for name, status in resources), resources
+        assert page.js("window.__violations") == []
+        # the renderer's edge cases: currency is not math, code keeps its dollars, broken TeX shows as its
+        # source, and blocks split at blank lines outside display math and code fences
+        render = "((s) => {{ const b = R1Markdown.renderBlock(s); return [b.querySelectorAll('.katex').length, " \
+                 "b.querySelectorAll('.math-source').length, b.textContent]; }})({!r})"
+        assert page.js(render.format("It costs $5 and $10 today.")) == [0, 0, "It costs $5 and $10 today."]
+        assert page.js(render.format("`$x$` and\n```\n$y$\n```"))[:2] == [0, 0]
+        assert page.js(render.format("so \\[\\frac{1}{\\]"))[:2] == [0, 1]
+        assert page.js(render.format("a \\$ sign, $x^2$ and \\frac{1}{2"))[:2] == [1, 0]
+        blocks = page.js("R1Markdown.splitBlocks('one\\n\\n$$\\nx\\n\\ny\\n$$\\n\\n```\\na\\n\\nb\\n```\\n\\n1. item\\n\\n    more')")
+        assert blocks == ["one\n", "$$\nx\n\ny\n$$\n", "```\na\n\nb\n```\n", "1. item\n\n    more"], blocks
+        # phone width: wide math and tables scroll inside themselves, the page does not
+        shot = page.screenshot(tmp_path / "chat-markdown-phone.png", 390, 844, mobile=True)
+        print(f"screenshot: {shot}")
+        assert page.js("document.documentElement.scrollWidth <= window.innerWidth + 1"), "horizontal overflow at 390 px"

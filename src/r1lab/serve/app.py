@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP API over one `Engine`: /v1/chat/completions (the thinking streamed as
 `reasoning_content`, the answer as `content`), /v1/completions, /v1/models, /health, /metrics, and
-the chat page at /.
+the chat page at / (its files under /static).
 
 Every request shares the engine's continuous batch. Admission is bounded: at most
 `max_running + max_waiting` sequences are in flight, beyond that a request gets 429 at once rather than
@@ -24,6 +24,7 @@ from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .errors import APIError, install_error_handlers
@@ -54,6 +55,9 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
                            code="invalid_api_key")
 
     v1 = [Depends(check_key)]
+
+    # the page's scripts, styles and the vendored marked / DOMPurify / KaTeX (no CDN, no inline code)
+    app.mount("/static", StaticFiles(packages=[("r1lab.serve", "static")]), name="static")
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
