@@ -447,6 +447,20 @@ def test_models_health_metrics_and_page(server):
     assert font.status_code == 200 and font.content[:4] == b"wOF2"
 
 
+def test_package_data_ships_every_page_file():
+    """pyproject's package-data globs cover every file the page loads (vendored libraries and fonts too),
+    so an installed wheel serves the same page as this checkout."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["r1lab"]
+    package = repo / "src" / "r1lab"
+    shipped = {f for pattern in patterns for f in package.glob(pattern) if f.is_file()}
+    needed = {f for f in (package / "serve" / "static").rglob("*") if f.is_file() and f.name != "README.md"}
+    assert len(needed) > 25 and not needed - shipped, sorted(str(f) for f in needed - shipped)
+
+
 # ---------------------------------------------------------------- bad input never gets a 5xx
 
 def check_error(r: httpx.Response, status: int | None = None) -> dict:
