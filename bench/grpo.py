@@ -7,8 +7,8 @@ the prompts end with "<think>\\n"), rewards accuracy (weight 1) + format (weight
 B prompts per step, at most L new tokens, temperature 1, fp32, CPU, one optimizer step per batch of
 B*G completions (no KL term, one policy update per generation: beta=0, mu=num_iterations=1).
 
-  r1lab: engine.refresh + collect (engine sampling with continuous batching, reward scoring), group
-         advantages, policy_batch, one train_step (forward/backward on the B*G rows, clip, AdamW).
+  r1lab: the trainer's own GRPOStep: engine.refresh + collect (engine sampling with continuous batching, reward
+         scoring), group advantages, policy_batch, one train_step (forward/backward on the B*G rows, clip, AdamW).
   TRL:   GRPOTrainer, use_vllm=False (transformers' generate on the batch, left-padded), the B*G completions
          in one micro-batch (per_device_train_batch_size = generation_batch_size = B*G, no accumulation);
          a step is timed from on_step_begin to on_step_end by a TrainerCallback. Prompts are the rendered
@@ -88,10 +88,11 @@ def report(side: str, step: int, wall: float, cpu: float, sample: float, n: int,
 
 def make_checkpoint(folder: Path, seed: int) -> Path:
     """cpu-tiny with random weights and the 512-token tokenizer, in Hugging Face format."""
-    from r1lab.commands import make_tokenizer
     from r1lab.model import Transformer, preset, save_checkpoint
+    from r1lab.tokenizer import train_tokenizer
+    from r1lab.train.data import builtin_corpus
 
-    tok = make_tokenizer(512)
+    tok = train_tokenizer(builtin_corpus(), vocab_size=512)
     cfg = preset("cpu-tiny", vocab_size=tok.vocab_size, bos_token_id=tok.bos_token_id,
                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
@@ -119,45 +120,33 @@ def problems_in_order(args, n: int) -> list[dict]:
 # ---------------------------------------------------------------- r1lab
 
 def r1lab_stepper(folder: Path, args) -> tuple[Callable[[int], None], Timing]:
-    """A function running r1lab's GRPO step number i (step 0 is the untimed warm-up), and its Timing."""
+    """A function running r1lab's GRPO step number i (step 0 is the untimed warm-up), and its Timing. The
+    step is the trainer's own `GRPOStep` (the function `r1lab grpo`'s loop calls), on one process,
+    without the loop's logging and checkpointing."""
     import r1lab
     from r1lab.config import TrainConfig
-    from r1lab.engine import Engine
-    from r1lab.rewards import combine
-    from r1lab.train.grpo import PromptStream, collect, group_advantages, make_loss_fn, policy_batch
-    from r1lab.train.loop import Dist, RunState, make_optimizer, train_step, wrap_model
+    from r1lab.train.dist import Dist, RunState
+    from r1lab.train.grpo import GRPOStep, PromptStream
+    from r1lab.train.loop import Trainer
 
     gc = grpo_section(args)
-    tc = TrainConfig(max_steps=1 + args.steps, lr=LR, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
+    # min_lr_ratio 1: a constant learning rate, as TRL's is here
+    tc = TrainConfig(max_steps=1 + args.steps, lr=LR, weight_decay=0.0, grad_clip=1.0, warmup_steps=0, min_lr_ratio=1.0,
                      seed=args.seed, device="cpu")
     run = RunState(folder.parent / "r1lab_run", Dist(), tc)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = r1lab.load(folder)
-    wrapped = wrap_model(model, run)
-    optimizer = make_optimizer(model, tc)
-    scorer = combine(gc.rewards)
-    engine = Engine(model, tokenizer, max_running=max(8, gc.prompts_per_step * gc.group_size))
-    prompts = PromptStream(gc, args.seed)
+    grpo_step = GRPOStep(Trainer.build(run, model, tokenizer), gc, PromptStream(gc, args.seed))
     timing = Timing()
 
     def step(i: int) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
-        # the body of train_grpo's loop for one rank, without its logging and checkpointing
-        model.eval()
-        engine.refresh()
-        rollouts, stats = collect(engine, tokenizer, prompts, scorer, gc, gc.prompts_per_step,
-                                  args.seed * 100_003 + i, i)
-        sample_s = time.perf_counter() - t0
-        adv = group_advantages(torch.tensor(rollouts.rewards), gc.group_size, gc.advantage)
-        batch = policy_batch(rollouts, adv, tokenizer.pad_token_id, gc.mask_truncated)
-        model.train()
-        loss_fn = make_loss_fn(gc, len(rollouts.rewards), max(batch.n_targets, 1))
-        micro = [batch.rows(j, j + gc.micro_batch_size) for j in range(0, len(rollouts.rewards), gc.micro_batch_size)]
-        train_step(wrapped, model, optimizer, micro, LR, run, loss_fn, [1.0] * len(micro))
+        record = grpo_step(i)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        n, tokens = len(stats.rewards), sum(stats.lengths)
-        report("r1lab", i, wall, cpu, sample_s, n, tokens, statistics.fmean(stats.rewards))
+        n, tokens = record["groups_seen"] * gc.group_size, record["gen_tokens"]
+        report("r1lab", i, wall, cpu, record["gen_s"], n, tokens, record["reward"])
         if i > 0:
-            timing.add(wall, cpu, sample_s, n, tokens)
+            timing.add(wall, cpu, record["gen_s"], n, tokens)
 
     return step, timing
 
@@ -168,7 +157,7 @@ def trl_rewards() -> tuple[list, list[float]]:
     """r1lab's rewards for TRL: TRL hands over the completion without the prompt's prefilled "<think>\\n"
     (it ends the prompt string), r1lab's rewards expect the whole response, so re-attach it."""
     from r1lab.rewards import get
-    from r1lab.train.grpo import THINK_PREFIX
+    from r1lab.tokenizer import THINK_PREFIX
 
     def wrap(name):
         fn = get(name)

@@ -25,7 +25,8 @@ from torch import nn
 from r1lab.config import TrainConfig
 from r1lab.model import Transformer, preset
 from r1lab.train.data import Batch
-from r1lab.train.loop import Dist, RunState, make_optimizer, train_step, wrap_model
+from r1lab.train.dist import Dist, RunState
+from r1lab.train.step import make_optimizer, train_step, wrap_model
 
 
 def measure_peak(size: int = 2048, repeats: int = 8) -> float:

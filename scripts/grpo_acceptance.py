@@ -22,17 +22,13 @@ from pathlib import Path
 
 def sft(out: Path, noise: float, kind: str, steps: int) -> Path:
     from r1lab.config import build
-    from r1lab.train.data import ChatStream
-    from r1lab.train.pretrain import train_command
-    from r1lab.train.sft import PRESETS, SFTConfig
+    from r1lab.train.sft import PRESETS, SFTConfig, sft as run_sft
 
     if (out / "final" / "config.json").exists():
         return out / "final"
     cfg = build(SFTConfig, PRESETS, "cpu-tiny", [f"max_steps={steps}", "data.tasks=addition", f"data.noise={noise}",
                                                  f"data.noise_kind={kind}", "data.knobs={addition: {digits: 4}}"])
-    args = argparse.Namespace(out=str(out), resume=True, init=None, tokenizer=None, data=None)
-    train_command(cfg, args, lambda source, tok, c: ChatStream(source, tok, c.train.seq_len, c.train.batch_size,
-                                                               packing=c.data.packing), "sft")
+    run_sft(cfg, out, resume=True)
     return out / "final"
 
 
@@ -54,13 +50,13 @@ def measure(ckpt: Path, n: int, k: int) -> dict:
 
 def grpo(init: Path, out: Path, minutes: float, overrides: list[str]) -> Path:
     from r1lab.config import build
-    from r1lab.train.grpo import GRPOConfig, PRESETS, train_grpo
+    from r1lab.train.grpo import GRPOConfig, PRESETS, grpo as run_grpo
 
     if not (out / "final" / "config.json").exists():
         cfg = build(GRPOConfig, PRESETS, "cpu-tiny", ["max_steps=1000", "save_every=20", "grpo.tasks=addition",
                                                       "grpo.knobs={addition: {digits: 4}}", f"grpo.time_limit_s={minutes * 60}",
                                                       *overrides])
-        train_grpo(cfg, str(init), str(out), resume=True)
+        run_grpo(cfg, out, init=init, resume=True)
     return out / "final"
 
 
@@ -68,7 +64,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["slip", "misconception"])
     p.add_argument("out")
-    p.add_argument("--noise", type=float, help="share of teacher traces affected (default 0.3 slip, 1.0 misconception: at 0.8 the SFT model was already 95%% right greedily on touched problems)")
+    p.add_argument("--noise", type=float, help="share of teacher traces affected (default 0.3 slip, 1.0 misconception: "
+                                                "at 0.8 the SFT model was already 95%% right greedily on touched problems)")
     p.add_argument("--sft-steps", type=int, default=500, help="SFT steps (the cpu-tiny SFT preset: 500, Muon)")
     p.add_argument("--minutes", type=float, default=15.0, help="GRPO wall-time budget")
     p.add_argument("--n", type=int, default=400, help="held-out problems (misconception: only the touched ones matter)")

@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "[test] installing chromium for the browser test"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "[test] could not install chromium; the browser test will say so"
 fi
+# lint first (config in pyproject.toml: unused imports and names, line length 130), over the whole repository
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -26,7 +26,8 @@ def test_bad_values_and_presets():
 
 def test_yaml_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  hidden_size: 48\n  mlp: dense\n  rope_scaling: {type: yarn, factor: 2.0, original_max_position_embeddings: 64}\nseed: 7\n")
+    path.write_text("model:\n  hidden_size: 48\n  mlp: dense\n"
+                    "  rope_scaling: {type: yarn, factor: 2.0, original_max_position_embeddings: 64}\nseed: 7\n")
     cfg = build(InitConfig, model_presets(), str(path), ["seed=8"])
     assert (cfg.model.hidden_size, cfg.model.mlp, cfg.seed) == (48, "dense", 8)
     assert cfg.model.rope_scaling["factor"] == 2.0

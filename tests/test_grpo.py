@@ -85,7 +85,7 @@ def test_grpo_raises_a_reward_it_is_given(tmp_path, init_ckpt, monkeypatch):
     """A toy verifiable reward (the share of '7' characters) must go up under GRPO."""
     from r1lab import rewards
     from r1lab.config import build
-    from r1lab.train.grpo import GRPOConfig, PRESETS, train_grpo
+    from r1lab.train.grpo import GRPOConfig, PRESETS, grpo
 
     def sevens():
         def fn(completions, **_):
@@ -100,7 +100,7 @@ def test_grpo_raises_a_reward_it_is_given(tmp_path, init_ckpt, monkeypatch):
     cfg = build(GRPOConfig, PRESETS, "cpu-tiny", ["max_steps=25", "lr=1e-2", "warmup_steps=1", "grpo.group_size=8",
                                                   "grpo.prompts_per_step=4", "grpo.max_new_tokens=8",
                                                   "grpo.rewards={sevens: 1.0}", "save_every=100"])
-    train_grpo(cfg, str(init_ckpt), str(tmp_path / "run"))
+    grpo(cfg, tmp_path / "run", init=init_ckpt)
     rows = read(tmp_path / "run" / "metrics.jsonl")
     first = sum(r["reward"] for r in rows[:5]) / 5
     last = sum(r["reward"] for r in rows[-5:]) / 5
@@ -142,7 +142,7 @@ def test_dynamic_sampling_draws_enough_prompts_at_the_seen_keep_rate(tokenizer):
     G, groups = 2, iter(range(10_000))
 
     class Engine:  # every fourth group gets one right answer
-        def generate(self, prompts, params):
+        def generate(self, prompts, params, progress=False):
             outs = []
             for _ in range(len(prompts) // G):
                 g = next(groups)

@@ -515,7 +515,8 @@ def test_bad_requests_are_400(server, path, body, status, param):
 
 def test_other_errors(server):
     url = server.url
-    check_error(httpx.post(url + "/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"}), 400)
+    check_error(httpx.post(url + "/v1/chat/completions", content=b'{"messages": [',
+                           headers={"Content-Type": "application/json"}), 400)
     check_error(httpx.post(url + "/v1/chat/completions", content=b"not json at all"), 400)
     check_error(httpx.post(url + "/v1/chat/completions", content=b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
                            headers={"Content-Type": "application/json"}))
@@ -539,7 +540,8 @@ def test_other_errors(server):
 
 json_leaf = (st.none() | st.booleans() | st.integers() | st.integers(-3, 300) | st.floats(allow_nan=True)
              | st.text(max_size=12) | st.sampled_from(["reasoner", "user", "assistant", "system", "text", ""]))
-json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+json_value = st.recursive(json_leaf,
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                           max_leaves=10)
 message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | json_value,
                                  "content": st.text(max_size=20) | json_value})
@@ -559,15 +561,18 @@ bodies = st.fixed_dictionaries({}, optional=field_value)
 # valid requests with one field (maybe) replaced by anything: these reach generation, not just validation
 valid_fields = {
     "model": st.just("reasoner"), "max_tokens": st.integers(1, 6), "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1),
-    "n": st.integers(1, 3), "seed": st.integers(-(2**63), 2**63 - 1), "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=3),
+    "n": st.integers(1, 3), "seed": st.integers(-(2**63), 2**63 - 1),
+    "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=3),
     "stream": st.booleans(), "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
     "top_k": st.integers(0, 1000), "ignore_eos": st.booleans(),
 }
 valid_chat = st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries({
     "role": st.sampled_from(["user", "assistant", "system", "developer"]),
-    "content": st.text(max_size=30) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}), max_size=2)}),
+    "content": st.text(max_size=30)
+    | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}), max_size=2)}),
     min_size=1, max_size=3)}, optional={**valid_fields, "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20)})
-valid_completion = st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=30) | st.lists(st.integers(0, 319), min_size=1, max_size=8)
+valid_completion = st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=30)
+                                          | st.lists(st.integers(0, 319), min_size=1, max_size=8)
                                           | st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3)},
                                          optional={**valid_fields, "echo": st.booleans(), "max_tokens": st.integers(0, 6),
                                                    "logprobs": st.integers(0, 20), "prompt_logprobs": st.integers(0, 20)})

@@ -165,7 +165,10 @@ class PacedEngine:
 RECORDER = """
 window.__log = []; window.__bodies = [];
 const realFetch = window.fetch;
-window.fetch = (url, opts) => { if (opts && opts.body) window.__bodies.push(JSON.parse(opts.body)); return realFetch(url, opts); };
+window.fetch = (url, opts) => {
+  if (opts && opts.body) window.__bodies.push(JSON.parse(opts.body));
+  return realFetch(url, opts);
+};
 new MutationObserver(() => {
   const all = document.querySelectorAll('.msg.assistant'); const m = all[all.length - 1]; if (!m) return;
   const e = {state: m.dataset.state, thinking: m.querySelector('.thinking-text').textContent,

@@ -101,8 +101,8 @@ def test_more_noise_keeps_problems_and_adds_affected_traces():
     low = tasks.sample("addition", 300, seed=9, noise=0.3)
     high = tasks.sample("addition", 300, seed=9, noise=0.6)
     assert [row["prompt"] for row in low] == [row["prompt"] for row in high]
-    assert all(h["affected"] for l, h in zip(low, high) if l["affected"])
-    assert sum(h["affected"] for h in high) > sum(l["affected"] for l in low)
+    assert all(h["affected"] for lo, h in zip(low, high) if lo["affected"])
+    assert sum(h["affected"] for h in high) > sum(lo["affected"] for lo in low)
 
 
 SMALL = {"addition": {"digits": 2}, "subtraction": {"digits": 2}, "multiplication": {"digits_a": 2},
@@ -153,12 +153,14 @@ def test_countdown_with_two_numbers_searches_in_a_fixed_order():
     ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
     clean = tasks.sample("countdown", 200, seed=3, numbers=2)
     noisy = tasks.sample("countdown", 200, seed=3, numbers=2, noise=1.0)
-    assert {len(row["reference_trace"].splitlines()) for row in clean} >= {4, 5, 6}  # one, two, three attempts; then </think> and the answer
+    # one, two, three attempts; then </think> and the answer
+    assert {len(row["reference_trace"].splitlines()) for row in clean} >= {4, 5, 6}
     for row, slipped in zip(clean, noisy):
         (x, y), target = sorted(row["numbers"], reverse=True), row["target"]
         tried = [(op, ops[op](x, y)) for op in ops if not (op == "-" and x <= y or op == "/" and (y == 1 or x % y))]
         hit = next(i for i, (_, value) in enumerate(tried) if value == target)
-        expected = [f"{x}{op}{y}: {x}{op}{y}={value} vs {target}, {'yes' if i == hit else 'no'}" for i, (op, value) in enumerate(tried[:hit + 1])]
+        expected = [f"{x}{op}{y}: {x}{op}{y}={value} vs {target}, {'yes' if i == hit else 'no'}"
+                    for i, (op, value) in enumerate(tried[:hit + 1])]
         assert row["reference_trace"].splitlines()[1:-2] == expected
         assert row["trace_answer"] == f"{x}{tried[hit][0]}{y}"
         misses = [(op, value) for op, value in tried if value != target]

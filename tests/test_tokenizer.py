@@ -20,7 +20,8 @@ def test_think_tags_survive_skipping_special_tokens(tmp_path, tokenizer):
     transformers = pytest.importorskip("transformers")
     ids = tokenizer.encode("<think>\n1+1=2\n</think>\nThe answer is 2.")
     assert tokenizer.think_token_id in ids and tokenizer.end_think_token_id in ids
-    assert tokenizer.decode(ids + [tokenizer.eos_token_id], skip_special_tokens=True) == "<think>\n1+1=2\n</think>\nThe answer is 2."
+    decoded = tokenizer.decode(ids + [tokenizer.eos_token_id], skip_special_tokens=True)
+    assert decoded == "<think>\n1+1=2\n</think>\nThe answer is 2."
     tokenizer.save(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert hf.decode(ids, skip_special_tokens=True) == "<think>\n1+1=2\n</think>\nThe answer is 2."

@@ -14,10 +14,11 @@ import torch
 from conftest import tiny_config
 from r1lab.config import TrainConfig
 from r1lab.model import Transformer
-from r1lab.train.data import (IGNORE, Batch, ChatStream, DataConfig, Example, FileRows, PackedStream, TaskMixture,
+from r1lab.train.data import (IGNORE, ChatStream, DataConfig, FileRows, PackedStream, TaskMixture,
                               chat_example, collate, read_rows)
-from r1lab.train.loop import (Checkpointer, Dist, RunState, latest_checkpoint, local_micro_batches, lr_at,
-                              make_optimizer, train_step, wrap_model)
+from r1lab.train.checkpoint import Checkpointer, latest_checkpoint
+from r1lab.train.dist import Dist, RunState
+from r1lab.train.step import local_micro_batches, lr_at, make_optimizer, train_step, wrap_model
 
 # a model small enough that a 40-step run takes seconds
 TINY = ["hidden_size=32", "intermediate_size=64", "moe_intermediate_size=16", "num_hidden_layers=2",
@@ -217,13 +218,27 @@ def test_gradient_accumulation_and_empty_micro_batches(tmp_path, tokenizer):
         assert torch.allclose(w, w_full, atol=1e-6)
 
 
+class Position:
+    """A stand-in data stream: its state is one number."""
+
+    index = 0
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+
 def test_latest_checkpoint_is_the_newest_complete_one(tmp_path, tokenizer):
     run = _run(tmp_path, keep_checkpoints=2)
     model = tiny_model(tokenizer)
     opt = make_optimizer(model, run.train)
-    ckpt = Checkpointer(run)
+    stream = Position()
+    ckpt = Checkpointer(run, model, tokenizer, opt, stream)
     for step in (10, 20, 30):
-        ckpt.save(step, model, tokenizer, opt, {"index": step})
+        stream.index = step
+        ckpt.save(step)
     root = run.checkpoint_dir
     assert sorted(p.name for p in root.iterdir()) == ["step_20", "step_30"]  # keeps the newest 2
     assert latest_checkpoint(root) == root / "step_30"
@@ -235,9 +250,11 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path, tokenizer):
     (root / "step_20" / "r1lab_manifest.json").unlink()
     assert latest_checkpoint(root) is None
     # restore puts the optimizer state back
-    ckpt.save(40, model, tokenizer, opt, {"index": 40})
-    state = ckpt.restore(root / "step_40", make_optimizer(model, run.train))
-    assert (state.step, state.data) == (40, {"index": 40})
+    stream.index = 40
+    ckpt.save(40)
+    fresh, other = make_optimizer(model, run.train), Position()
+    assert Checkpointer(run, model, tokenizer, fresh, other).restore(root / "step_40") == 40
+    assert other.index == 40 and fresh.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
 
 
 # ---------------------------------------------------------------- exact resume after SIGKILL
@@ -269,7 +286,8 @@ def _kill_after_first_checkpoint(cmd: list[str], out: Path) -> None:
 
 @pytest.mark.parametrize("command", ["pretrain", "sft"])
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, tok_dir, command):
-    extra = ["data.tasks=addition,linear"] + (["seq_len=64", "batch_size=4"] if command == "sft" else ["seq_len=32", "batch_size=4"])
+    shape = ["seq_len=64", "batch_size=4"] if command == "sft" else ["seq_len=32", "batch_size=4"]
+    extra = ["data.tasks=addition,linear"] + shape
     args = [command, "--tokenizer", tok_dir, *TINY, *extra, "max_steps=40", "save_every=10", "seed=3"]
     subprocess.run(_cli(*args, "--out", tmp_path / "straight"), check=True, capture_output=True, env=ENV)
     killed = tmp_path / "killed"
@@ -282,7 +300,8 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, tok_dir, command):
     straight, again = _losses(tmp_path / "straight"), _losses(killed)
     assert sorted(again) == list(range(1, 41))
     assert [again[s] for s in range(resumed_from + 1, 41)] == [straight[s] for s in range(resumed_from + 1, 41)]
-    assert (killed / "final" / "model.safetensors").read_bytes() == (tmp_path / "straight" / "final" / "model.safetensors").read_bytes()
+    weights = "final/model.safetensors"
+    assert (killed / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
     config = (killed / "config.yaml").read_text()
     assert "max_steps: 40" in config and "hidden_size: 32" in config
 
@@ -294,7 +313,7 @@ def test_fresh_run_refuses_a_used_folder(tmp_path, tokenizer):
     cfg = TrainConfig(max_steps=2)
     run = setup_run(tmp_path, None, resume=False, train_cfg=cfg)  # an empty folder is fine
     model = tiny_model(tokenizer)
-    Checkpointer(run).save(1, model, tokenizer, make_optimizer(model, cfg), {})
+    Checkpointer(run, model, tokenizer, make_optimizer(model, cfg), Position()).save(1)
     with pytest.raises(ConfigError, match="--resume"):
         setup_run(tmp_path, None, resume=False, train_cfg=cfg)
     assert setup_run(tmp_path, None, resume=True, train_cfg=cfg).resume_from == tmp_path / "checkpoints" / "step_1"

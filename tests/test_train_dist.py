@@ -1,6 +1,5 @@
 """torch.distributed on CPU (gloo): two ranks give the loss curve of one process with the same global batch."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,8 @@ def _losses(out) -> list[float]:
 
 
 def _torchrun(*args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "r1lab.cli", *map(str, args)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "r1lab.cli",
+            *map(str, args)]
 
 
 def _single(out, tok_dir, *extra) -> list[float]:

@@ -1,51 +1,23 @@
-"""Small commands: `init`, `tokenizer`, `tasks`."""
+"""Small commands: `init`, `tokenizer`, `tasks`. (The corpus helpers they use live in train/data.py.)"""
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .config import build, model_presets
+import torch
+
+from . import tasks
+from .config import build, model_presets, parse_knobs
+from .model import Transformer, save_checkpoint
 from .model.config import ModelConfig
+from .tokenizer import Tokenizer, train_tokenizer
+from .train.data import builtin_corpus, file_documents
 
 
-def builtin_corpus(per_task: int = 300, seed: int = 0) -> Iterator[str]:
-    """Texts from every built-in task (prompt and reference trace in chat form), for tokenizer training."""
-    from . import tasks
-    from .tokenizer import render_chat
-
-    for name in tasks.names():
-        for row in tasks.sample(name, per_task, seed=seed):
-            yield render_chat([{"role": "user", "content": row["prompt"]}]) + row["reference_trace"]
-
-
-def read_texts(paths: list[str]) -> Iterator[str]:
-    """Lines of .txt files; `text`/`prompt`/`completion`/`messages` of JSONL rows."""
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"text file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            if path.suffix == ".jsonl":
-                for line in f:
-                    if line.strip():
-                        row = json.loads(line)
-                        for key in ("text", "prompt", "completion", "question", "answer", "problem", "solution"):
-                            if isinstance(row.get(key), str):
-                                yield row[key]
-                        for m in row.get("messages") or []:
-                            yield str(m.get("content", ""))
-            else:
-                yield from f
-
-
-def make_tokenizer(vocab_size: int, text_files: list[str] | None = None):
-    from .tokenizer import train_tokenizer
-
-    texts = read_texts(text_files) if text_files else builtin_corpus()
-    return train_tokenizer(texts, vocab_size=vocab_size)
+def make_tokenizer(vocab_size: int, text_files: list[str] | None = None) -> Tokenizer:
+    """A BPE tokenizer trained on the documents pretraining would read from `text_files` (JSONL/Parquet
+    rows, .txt paragraphs), or on every built-in task."""
+    return train_tokenizer(file_documents(text_files) if text_files else builtin_corpus(), vocab_size=vocab_size)
 
 
 # ---------------------------------------------------------------- init
@@ -60,16 +32,12 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu-tiny", help="model preset name or YAML file (default cpu-tiny)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--tokenizer", help="reuse the tokenizer in this folder instead of training one")
-    p.add_argument("--text", action="append", metavar="FILE", help="train the tokenizer on this .txt/.jsonl file (repeatable; default: built-in tasks)")
+    p.add_argument("--text", action="append", metavar="FILE",
+                   help="train the tokenizer on this .txt/.jsonl file (repeatable; default: built-in tasks)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. hidden_size=96 num_hidden_layers=2")
 
 
 def run_init(args) -> int:
-    import torch
-
-    from .model import Transformer, save_checkpoint
-    from .tokenizer import Tokenizer
-
     cfg = build(InitConfig, model_presets(), args.preset, args.overrides)
     tok = Tokenizer.load(args.tokenizer) if args.tokenizer else make_tokenizer(cfg.model.vocab_size, args.text)
     if tok.vocab_size > cfg.model.vocab_size:
@@ -89,7 +57,9 @@ def run_init(args) -> int:
 def add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write tokenizer.json + tokenizer_config.json into")
     p.add_argument("--vocab-size", type=int, default=512)
-    p.add_argument("--text", action="append", metavar="FILE", help=".txt/.jsonl file to train on (repeatable; default: built-in tasks)")
+    p.add_argument("--text", action="append", metavar="FILE",
+                   help=".txt/.jsonl/.parquet file to train on, read as pretraining reads it (repeatable; "
+                        "default: built-in tasks)")
 
 
 def run_tokenizer(args) -> int:
@@ -110,9 +80,6 @@ def add_tasks_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_tasks(args) -> int:
-    from . import tasks
-    from .config import parse_knobs
-
     if args.action == "list":
         print("\n".join(tasks.names()))
         return 0

@@ -19,6 +19,7 @@ USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
 THINK = "<think>"
 END_THINK = "</think>"
+THINK_PREFIX = THINK + "\n"  # the chat template pre-fills it: a response is THINK_PREFIX + the generated text
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT, THINK, END_THINK]  # ids 0..6, in this order
 
 # Jinja form of `render_chat` below (the two must stay in step; a test compares them through transformers).

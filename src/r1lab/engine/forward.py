@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import ModelConfig, Transformer
-from ..model.moe import MoE
+from ..model.moe import MoE, route
 from .cache import KVCache
 
 
@@ -157,7 +157,8 @@ class Runner:
             self.rot = torch.complex(cos.float(), sin.float())
             self.cos, self.sin = cos.to(param.dtype), sin.to(param.dtype)  # for MHA (the module's own RoPE)
         # RoPE as an in-place complex multiply needs float32/64 and even offsets and row widths
-        nh, nope, R, P, ql = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.q_lora_rank
+        nh, nope, R = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.kv_lora_rank
+        P, ql = cfg.qk_rope_head_dim, cfg.q_lora_rank
         widths = [ql + R + P, ql + R, nh * (nope + P), nh * nope] if ql else [nh * nope + R + (nh + 1) * P, nh * nope + R]
         self.complex_rope = param.dtype in (torch.float32, torch.float64) and all(w % 2 == 0 for w in widths)
         self.grouped_mm = _grouped_mm_works(param.device, param.dtype)
@@ -237,7 +238,8 @@ class Runner:
     def _mla(self, layer: Layer, h, rot, kv_cache, where, bias, slot0, kv_len):
         cfg = self.cfg
         B, T, _ = h.shape
-        nh, nope, R, P, ql = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.q_lora_rank
+        nh, nope, R = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.kv_lora_rank
+        P, ql = cfg.qk_rope_head_dim, cfg.q_lora_rank
         proj = F.linear(h, layer.w_in)
         if ql:  # [q_lora latent | latent | k_pe], then the q latent -> [q_nope | q_pe]
             q_latent, latent, k_pe = proj.split_with_sizes([ql, R, P], -1)
@@ -275,19 +277,10 @@ class Runner:
         return F.linear(out.transpose(1, 2).reshape(B, T, -1), layer.o_proj)
 
     def _route(self, layer: Layer, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """r1lab.model.moe.Router.forward (sigmoid scores, group-limited top-k chosen with the balancing
-        bias, weights from the unbiased scores), with fewer Python-level tensor ops: (N, k) ids and weights
-        before normalisation and scaling."""
-        cfg = self.cfg
-        scores = F.linear(flat.float(), layer.router.float()).sigmoid()
-        choice = scores + layer.router_bias
-        if cfg.n_group > 1 and cfg.topk_group < cfg.n_group:  # keep the topk_group groups whose two best score highest
-            grouped = choice.view(-1, cfg.n_group, cfg.n_routed_experts // cfg.n_group)
-            group_scores = grouped.topk(2, dim=-1)[0].sum(-1)
-            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_scores.topk(cfg.topk_group, dim=-1)[1], True)
-            choice = grouped.masked_fill(keep.logical_not_().unsqueeze(-1), float("-inf")).view_as(choice)
-        experts = choice.topk(cfg.num_experts_per_tok, dim=-1)[1]
-        return experts, scores.gather(1, experts)
+        """The model's router (r1lab.model.moe.route): (N, k) expert ids and weights before normalisation
+        and scaling."""
+        _, experts, weights = route(flat, layer.router, layer.router_bias, self.cfg)
+        return experts, weights
 
     def _moe(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
         """MoE.forward without its training bookkeeping (expert-load counters, balance loss), with the routed

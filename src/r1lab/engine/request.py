@@ -6,14 +6,11 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .detok import Detokenizer
 from .sampling import SamplingParams
 from .scoring import TokenScore
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 
 class PromptTooLong(ValueError):
@@ -102,10 +99,18 @@ class Request:
                               top_logprobs=top, prompt_logprobs=self.prompt_logprobs if first else None))
 
 
+class Driver(Protocol):
+    """What a handle needs from the engine that runs its request (the Engine; this module does not import it)."""
+
+    def _pump(self, request: Request) -> None: ...
+    def _cancel(self, request: Request) -> None: ...
+    def _completion(self, request: Request) -> Completion: ...
+
+
 class RequestHandle:
     """A submitted request: iterate its events, cancel it, or wait for its Completion."""
 
-    def __init__(self, engine: "Engine", request: Request, events: "queue.Queue[StreamEvent] | None"):
+    def __init__(self, engine: Driver, request: Request, events: "queue.Queue[StreamEvent] | None"):
         self._engine, self._request, self._events = engine, request, events
 
     @property

@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-THINK_PREFIX = "<think>\n"  # the chat template pre-fills it; rewards see the full response
+from .. import tasks
+from ..rewards import get as get_reward
+from ..rewards.core import extract_answer
+from ..rollout import rollout
+from ..tasks.datasets import load_dataset
 
 
 @dataclass
@@ -34,15 +38,11 @@ class TaskResult:
 
 def load_problems(spec: str, n: int, seed: int = 0, **knobs: Any) -> list[dict]:
     """`spec` is a built-in task name (test split) or a path to a .jsonl/.parquet dataset."""
-    from .. import tasks
-
     if spec in tasks.names():
         return tasks.sample(spec, n, seed=seed, split="test", **knobs)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"{spec!r} is neither a task ({', '.join(tasks.names())}) nor a dataset file")
-    from ..tasks.datasets import load_dataset
-
     rows = []
     for row in load_dataset(path):
         rows.append(row)
@@ -54,8 +54,6 @@ def load_problems(spec: str, n: int, seed: int = 0, **knobs: Any) -> list[dict]:
 def _vote_key(text: str, correct: float) -> str:
     """What a majority vote counts: the extracted answer, normalised; all verified-correct answers of a
     problem count as one (countdown accepts many expressions for the same target)."""
-    from ..rewards.core import extract_answer
-
     if correct:
         return "<correct>"
     answer, _ = extract_answer(text)
@@ -64,31 +62,23 @@ def _vote_key(text: str, correct: float) -> str:
 
 def evaluate(engine, tokenizer, problems: list[dict], task: str, k: int = 8, temperature: float = 1.0,
              max_tokens: int = 256, greedy: bool = True, seed: int = 0, top_p: float = 1.0) -> TaskResult:
-    from ..engine import SamplingParams
-    from ..rewards import columns_of, get
-
-    accuracy = get("accuracy")
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)
-               for p in problems]
+    """Sample problem i's j-th completion with the seed `seed + 1000 * i + j` (k of them, for pass@1 and
+    maj@k) and one greedy completion each; grade them all with the accuracy reward."""
+    accuracy = get_reward("accuracy")
     results: dict[str, list] = {}
     lengths, truncated = [], []
     if k > 0:
-        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + 1000 * i + j)
-                  for i in range(len(problems)) for j in range(k)]
-        outs = engine.generate([p for p in prompts for _ in range(k)], params)
-        texts = [THINK_PREFIX + o.text for o in outs]
-        scores = accuracy(texts, **columns_of(problems, k))
-        results["samples"] = list(zip(texts, scores, outs))
-        lengths += [len(o.token_ids) for o in outs]
-        truncated += [o.finish_reason == "length" for o in outs]
+        out = rollout(engine, tokenizer, problems, k, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                      seed_of=lambda i, j: seed + 1000 * i + j, scorer=accuracy)
+        results["samples"] = list(zip(out.texts, out.scores))
+        lengths += out.lengths
+        truncated += out.truncated
     if greedy:
-        outs = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))
-        texts = [THINK_PREFIX + o.text for o in outs]
-        scores = accuracy(texts, **columns_of(problems, 1))
-        results["greedy"] = list(zip(texts, scores, outs))
+        out = rollout(engine, tokenizer, problems, 1, max_tokens=max_tokens, temperature=0.0, scorer=accuracy)
+        results["greedy"] = list(zip(out.texts, out.scores))
         if k == 0:
-            lengths += [len(o.token_ids) for o in outs]
-            truncated += [o.finish_reason == "length" for o in outs]
+            lengths += out.lengths
+            truncated += out.truncated
     rows = []
     pass1, maj, greedy_acc = [], [], []
     for i, p in enumerate(problems):
@@ -98,15 +88,15 @@ def evaluate(engine, tokenizer, problems: list[dict], task: str, k: int = 8, tem
                 row[key] = p[key]
         if "samples" in results:
             mine = results["samples"][i * k:(i + 1) * k]
-            row["sample_correct"] = [s for _, s, _ in mine]
+            row["sample_correct"] = [s for _, s in mine]
             row["pass1"] = sum(row["sample_correct"]) / k
-            votes = Counter(_vote_key(t, s) for t, s, _ in mine)
+            votes = Counter(_vote_key(t, s) for t, s in mine)
             row["maj_correct"] = float(votes.most_common(1)[0][0] == "<correct>")
-            row["samples"] = [t for t, _, _ in mine[:2]]  # a couple for reading, not all k
+            row["samples"] = [t for t, _ in mine[:2]]  # a couple for reading, not all k
             pass1.append(row["pass1"])
             maj.append(row["maj_correct"])
         if "greedy" in results:
-            text, score, out = results["greedy"][i]
+            text, score = results["greedy"][i]
             row["greedy_correct"] = score
             row["greedy_completion"] = text
             greedy_acc.append(score)

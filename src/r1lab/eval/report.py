@@ -125,7 +125,7 @@ def plot_bars(stages: list[Stage], tasks: list[str], path: Path, title: str, met
     for j, task in enumerate(tasks):
         values = [100 * (s.evals.get(task, {}).get(metric) or 0) for s in stages]
         xs = [i + j * width for i in range(len(stages))]
-        bars = ax.bar(xs, values, width, label=task)
+        ax.bar(xs, values, width, label=task)
         for x, v in zip(xs, values):
             ax.text(x, v + 1, f"{v:.0f}", ha="center", fontsize=8)
     ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(stages))])
@@ -213,3 +213,60 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out / "report.md"
+
+
+# ---------------------------------------------------------------- the speedrun's findings
+
+def findings(stages: dict[str, Stage], tasks: list[str], grpo_from: dict[str, str], final: str,
+             students: tuple[str, str, str] = ("student-distilled", "student-rl", "student-base")) -> list[Finding]:
+    """The R1 paper's claims, checked on a run: GRPO's gain over the stage each GRPO stage started from
+    (`grpo_from`, in recipe order), the final model's accuracy, distilled vs RL-only student (`students`:
+    distilled, RL-only, their base), and how response length moved under GRPO."""
+
+    def pass1(stage: str, task: str) -> float | None:
+        return (stages[stage].evals.get(task) or {}).get("pass1") if stage in stages else None
+
+    def mean_pass1(stage: str) -> float | None:
+        values = [pass1(stage, t) for t in tasks]
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    gains = [(pass1(rl, t) - pass1(start, t), rl, start, t) for rl, start in grpo_from.items() for t in tasks
+             if pass1(rl, t) is not None and pass1(start, t) is not None]
+    best = max(gains, default=None)
+    out = [Finding(
+        "GRPO improves on the model it starts from by >= 15 points of pass@1 on at least one task",
+        None if best is None else best[0] >= 0.15,
+        "not measured" if best is None else
+        f"largest gain: {best[1]} over {best[2]} on {best[3]}, {100 * best[0]:+.1f} points "
+        f"(all gains: {', '.join(f'{g[1]}/{g[3]} {100 * g[0]:+.1f}' for g in gains)})")]
+    final_scores = {t: pass1(final, t) for t in tasks}
+    out.append(Finding(
+        "The R1 model is >= 90% (pass@1) on the in-distribution tasks",
+        None if None in final_scores.values() else all(v >= 0.9 for v in final_scores.values()),
+        ", ".join(f"{t}: {'–' if v is None else f'{100 * v:.1f}%'}" for t, v in final_scores.items())))
+    distilled, rl_only, base = (mean_pass1(name) for name in students)
+    out.append(Finding(
+        "The distilled student beats the RL-only student (the R1 paper's finding for small models)",
+        None if distilled is None or rl_only is None else distilled > rl_only,
+        "not measured" if distilled is None or rl_only is None else
+        f"mean pass@1 over tasks: {100 * distilled:.1f}% distilled vs {100 * rl_only:.1f}% RL-only"
+        + ("" if base is None else f" (both start from the student base at {100 * base:.1f}%)")))
+    out.append(length_trend(stages, [name for name in grpo_from if name not in students]))
+    return out
+
+
+def length_trend(stages: dict[str, Stage], names: list[str]) -> Finding:
+    """Does thinking get longer under RL, as it did for R1? (countdown rewards a longer search)"""
+    trend, moves = [], []
+    for name in names:
+        rows = read_metrics(stages[name].metrics) if name in stages and stages[name].metrics else []
+        if len(rows) >= 4:
+            quarter = max(1, len(rows) // 4)
+            first = sum(row["response_length"] for row in rows[:quarter]) / quarter
+            last = sum(row["response_length"] for row in rows[-quarter:]) / quarter
+            moves.append(last - first)
+            trend.append(f"{name} {first:.0f} -> {last:.0f} tokens")
+    verdict = ("grew" if all(m > 0 for m in moves) else "shrank" if all(m < 0 for m in moves) else "mixed") if moves else ""
+    return Finding(f"Response length under GRPO: {verdict or 'not measured'} (R1's thinking grew with RL)", None,
+                   "mean sampled response length, first vs last quarter of training: " + "; ".join(trend)
+                   if trend else "no GRPO curves", observation=bool(trend))

@@ -45,13 +45,15 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     mscale, mscale_all = rs.get("mscale"), rs.get("mscale_all_dim")
     attn_factor = rs.get("attention_factor")
     if attn_factor is None:
-        attn_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all) if mscale and mscale_all else yarn_mscale(factor)
+        attn_factor = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all) if mscale and mscale_all
+                       else yarn_mscale(factor))
 
     def correction_dim(rotations: float) -> float:  # the dim whose wavelength fits `rotations` times in orig
         return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
     low = max(math.floor(correction_dim(beta_fast)), 0) if rs.get("truncate", True) else max(correction_dim(beta_fast), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), dim - 1) if rs.get("truncate", True) else min(correction_dim(beta_slow), dim - 1)
+    high = (min(math.ceil(correction_dim(beta_slow)), dim - 1) if rs.get("truncate", True)
+            else min(correction_dim(beta_slow), dim - 1))
     if low == high:
         high += 0.001
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)

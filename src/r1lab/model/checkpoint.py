@@ -212,7 +212,8 @@ def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = tor
         if name is None or name not in expected:
             continue  # e.g. MTP layers of a bigger checkpoint, rotary buffers
         if tuple(t.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{folder / 'model.safetensors'}: tensor {disk_name} has shape {tuple(t.shape)}, config implies {tuple(expected[name].shape)}")
+            raise CheckpointError(f"{folder / 'model.safetensors'}: tensor {disk_name} has shape {tuple(t.shape)}, "
+                                  f"config implies {tuple(expected[name].shape)}")
         state[name] = t.to(dtype) if t.is_floating_point() and "e_score_correction_bias" not in name else t.float()
     if cfg.tie_word_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -161,7 +161,8 @@ class ModelConfig:
             kwargs["rope_scaling"] = dict(kwargs["rope_scaling"], type=kwargs["rope_scaling"].get("rope_type"))
         kvh = hf.get("num_key_value_heads")
         if kvh not in (None, hf.get("num_attention_heads")):
-            raise ValueError("grouped key/value heads are not part of DeepSeek-V3; num_key_value_heads must equal num_attention_heads")
+            raise ValueError("grouped key/value heads are not part of DeepSeek-V3; "
+                             "num_key_value_heads must equal num_attention_heads")
         if isinstance(kwargs.get("eos_token_id"), list):
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
         if "mlp" not in ours and hf.get("first_k_dense_replace", 0) >= hf.get("num_hidden_layers", 0):

@@ -38,20 +38,28 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, H) -> scores (N, E) in (0, 1), chosen experts (N, k), their mixing weights (N, k)."""
         cfg = self.cfg
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()
-        choice = scores + self.e_score_correction_bias
-        if cfg.n_group > 1 and cfg.topk_group < cfg.n_group:
-            # keep only the topk_group groups whose two best experts score highest
-            grouped = choice.view(-1, cfg.n_group, cfg.n_routed_experts // cfg.n_group)
-            group_scores = grouped.topk(2, dim=-1).values.sum(-1)
-            keep = torch.zeros_like(group_scores, dtype=torch.bool)
-            keep.scatter_(1, group_scores.topk(cfg.topk_group, dim=-1).indices, True)
-            choice = grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
-        experts = choice.topk(cfg.num_experts_per_tok, dim=-1).indices
-        weights = scores.gather(1, experts)
+        scores, experts, weights = route(x, self.weight, self.e_score_correction_bias, cfg)
         if cfg.norm_topk_prob:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         return scores, experts, weights * cfg.routed_scaling_factor
+
+
+def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cfg: ModelConfig
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The router, shared by training (Router) and decoding (engine/forward.py): x (N, H) -> sigmoid
+    scores (N, E), the k experts chosen with the balancing bias and group-limited top-k (N, k), and their
+    unbiased scores (N, k), before normalisation and scaling."""
+    scores = F.linear(x.float(), weight.float()).sigmoid()
+    choice = scores + bias
+    if cfg.n_group > 1 and cfg.topk_group < cfg.n_group:
+        # keep only the topk_group groups whose two best experts score highest
+        grouped = choice.view(-1, cfg.n_group, cfg.n_routed_experts // cfg.n_group)
+        group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+        keep = torch.zeros_like(group_scores, dtype=torch.bool)
+        keep.scatter_(1, group_scores.topk(cfg.topk_group, dim=-1).indices, True)
+        choice = grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
+    experts = choice.topk(cfg.num_experts_per_tok, dim=-1).indices
+    return scores, experts, scores.gather(1, experts)
 
 
 class MoE(nn.Module):
@@ -60,7 +68,8 @@ class MoE(nn.Module):
         self.cfg = cfg
         self.gate = Router(cfg)
         self.experts = nn.ModuleList(MLP(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.n_routed_experts))
-        self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts) if cfg.n_shared_experts else None
+        shared = cfg.moe_intermediate_size * cfg.n_shared_experts
+        self.shared_experts = MLP(cfg.hidden_size, shared) if cfg.n_shared_experts else None
         # tokens routed to each expert since the last bias update (not a parameter, not saved)
         self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None

@@ -79,7 +79,8 @@ class Transformer(nn.Module):
                 p.fill_(1.0)
             else:
                 # GPT-2's scaled init on projections that write into the residual stream
-                scale = 1 / math.sqrt(2 * self.config.num_hidden_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+                residual_out = name.endswith(("o_proj.weight", "down_proj.weight"))
+                scale = 1 / math.sqrt(2 * self.config.num_hidden_layers) if residual_out else 1.0
                 p.normal_(0.0, std * scale)
         for m in self.modules():
             if isinstance(m, MoE):
@@ -129,7 +130,8 @@ class Transformer(nn.Module):
                 mask = attn_mask[..., :T, :T] if attn_mask is not None else None
                 h = module(h[:, :T], emb, cos[..., :T, :], sin[..., :T, :], mask)
                 logits_d = self.lm_head(module.norm(h))
-                mtp_losses.append(F.cross_entropy(logits_d[:, :-1].flatten(0, 1).float(), labels[:, d + 1:].flatten(), ignore_index=-100))
+                mtp_losses.append(F.cross_entropy(logits_d[:, :-1].flatten(0, 1).float(), labels[:, d + 1:].flatten(),
+                                                  ignore_index=-100))
             if mtp_losses:
                 mtp = torch.stack(mtp_losses).mean()
                 total = total + cfg.mtp_loss_weight * mtp

@@ -71,7 +71,8 @@ def chat_loop(engine, tokenizer, args, lines, console: Console) -> int:
                     if number < 0 or (command == "/max-tokens" and number < 1):
                         raise ValueError
                 except ValueError:
-                    console.print(f"[red]{command} needs a {'number >= 0' if command == '/temperature' else 'whole number >= 1'}[/red]")
+                    wanted = "number >= 0" if command == "/temperature" else "whole number >= 1"
+                    console.print(f"[red]{command} needs a {wanted}[/red]")
                     continue
                 if command == "/temperature":
                     temperature = number

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-THINK_PREFIX = "<think>\n"  # what the chat template prefills at the start of the assistant turn
+from .. import tasks
+from ..tokenizer import EOS, THINK_PREFIX, render_chat
+
 IGNORE = -100
 
 
@@ -49,8 +51,6 @@ class TaskMixture:
     chunk_size = 256
 
     def __init__(self, cfg: DataConfig, seed: int, split: str = "train"):
-        from .. import tasks
-
         self.names = [n.strip() for n in cfg.tasks.split(",") if n.strip()]
         if not self.names:
             raise ValueError("data.tasks is empty: name at least one task")
@@ -70,8 +70,6 @@ class TaskMixture:
         self._chunk = lru_cache(maxsize=4)(self._make_chunk)
 
     def _generator(self, name: str, seed: int):
-        from .. import tasks
-
         return tasks.get(name)(seed=seed, split=self.split, noise=self.cfg.noise, noise_kind=self.cfg.noise_kind,
                                **self.cfg.knobs.get(name, {}))
 
@@ -160,8 +158,6 @@ def completion_text(response: str) -> str:
 
 def pretrain_text(row: dict) -> str:
     """A document for next-token training: raw text, or a chat example rendered in full."""
-    from ..tokenizer import EOS, render_chat
-
     if isinstance(row.get("text"), str):
         return row["text"]
     messages, response = split_chat(row)
@@ -322,3 +318,44 @@ def collate(rows: list[list[Example]], seq_len: int, pad_id: int, masked: bool) 
     # padding shares segment 0 and attends causally among itself, so no row of the mask is empty
     mask = (segment[:, :, None] == segment[:, None, :]) & causal
     return Batch(ids, labels, positions, mask[:, None])
+
+
+# ---------------------------------------------------------------- from config
+
+def make_stream(kind: str, source, tokenizer, train, data: DataConfig):
+    """The training stream of a stage: `packed` documents (pretraining) or `chat` examples (SFT)."""
+    if kind == "packed":
+        return PackedStream(source, tokenizer, train.seq_len, train.batch_size)
+    if kind == "chat":
+        return ChatStream(source, tokenizer, train.seq_len, train.batch_size, packing=data.packing)
+    raise ValueError(f"unknown stream kind {kind!r} (packed or chat)")
+
+
+# ---------------------------------------------------------------- texts for a tokenizer
+
+def builtin_corpus(per_task: int = 300, seed: int = 0):
+    """Texts from every built-in task (prompt and reference trace in chat form), for tokenizer training."""
+    for name in tasks.names():
+        for row in tasks.sample(name, per_task, seed=seed):
+            yield render_chat([{"role": "user", "content": row["prompt"]}]) + row["reference_trace"]
+
+
+def file_documents(paths: list[str], limit: int = 20_000):
+    """The documents pretraining would see in these files (read_rows: JSONL/Parquet rows, the paragraphs
+    of a .txt file; each as pretrain_text renders it), in file order, at most `limit`."""
+    count = 0
+    for path in paths:
+        for row in read_rows(path):
+            if count >= limit:
+                return
+            count += 1
+            yield pretrain_text(row)
+
+
+def tokenizer_texts(data: DataConfig, source) -> Any:
+    """What a fresh tokenizer trains on: the run's file documents (in the source's seeded order), or every
+    built-in task whatever this run's mixture is (so later stages' tasks tokenize well)."""
+    if data.files:
+        return (pretrain_text(source[i]) for i in range(min(20_000, len(source.rows))))
+    return builtin_corpus()
+

@@ -11,15 +11,23 @@ and the student is fine-tuned on them with `r1lab sft`'s loop.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
+from .. import tasks
 from ..config import ConfigError, TrainConfig, build
-from ..rewards import columns_of
-from .grpo import THINK_PREFIX
-from .sft import PRESETS as SFT_PRESETS
+from ..engine import Engine
+from ..model import load
+from ..rewards import columns_of, get as get_reward
+from ..rollout import rollout
+from ..tokenizer import THINK_PREFIX
+from .data import DataConfig
+from .sft import PRESETS as SFT_PRESETS, SFTConfig, sft
 
 
 @dataclass
@@ -48,8 +56,6 @@ PRESETS = {name: {"train": dict(p["train"])} for name, p in SFT_PRESETS.items()}
 
 
 def teacher_problems(cfg: TeacherSection) -> list[dict]:
-    from .. import tasks
-
     out = []
     for name in [t.strip() for t in cfg.tasks.split(",") if t.strip()]:
         out += tasks.sample(name, cfg.problems, seed=cfg.seed + 17, split="train", **cfg.knobs.get(name, {}))
@@ -57,19 +63,13 @@ def teacher_problems(cfg: TeacherSection) -> list[dict]:
 
 
 def responses_from_checkpoint(path: str, problems: list[dict], cfg: TeacherSection) -> list[list[str]]:
-    """k full responses ("<think>\\n...") per problem from a local checkpoint."""
-    import r1lab
-    from ..engine import Engine, SamplingParams
-
-    model, tokenizer = r1lab.load(path)
-    engine = Engine(model, tokenizer)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)
-               for p in problems]
-    params = [SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             seed=cfg.seed * 100_003 + i * cfg.k + j) for i in range(len(problems)) for j in range(cfg.k)]
-    outs = engine.generate([p for p in prompts for _ in range(cfg.k)], params, progress=True)
-    texts = [THINK_PREFIX + o.text for o in outs]
-    return [texts[i * cfg.k:(i + 1) * cfg.k] for i in range(len(problems))]
+    """k full responses ("<think>\\n...") per problem from a local checkpoint; sample j of problem i has
+    the seed teacher.seed * 100_003 + i * k + j."""
+    model, tokenizer = load(path)
+    out = rollout(Engine(model, tokenizer), tokenizer, problems, cfg.k, max_tokens=cfg.max_new_tokens,
+                  temperature=cfg.temperature, top_p=cfg.top_p, seed_of=lambda i, j: cfg.seed * 100_003 + i * cfg.k + j,
+                  progress=True)
+    return [out.texts[out.group(i)] for i in range(len(problems))]
 
 
 def response_from_message(message: dict) -> str:
@@ -81,15 +81,11 @@ def response_from_message(message: dict) -> str:
         return f"<think>\n{reasoning.strip()}\n</think>\n{content.strip()}"
     content = content.lstrip()
     if "</think>" in content and not content.startswith("<think>"):
-        content = "<think>\n" + content  # a template that pre-fills <think> leaves it out of the output
+        content = THINK_PREFIX + content  # a template that pre-fills <think> leaves it out of the output
     return content
 
 
 def responses_from_endpoint(url: str, problems: list[dict], cfg: TeacherSection) -> list[list[str]]:
-    import concurrent.futures
-
-    import httpx
-
     base = url.rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
@@ -116,9 +112,7 @@ def responses_from_endpoint(url: str, problems: list[dict], cfg: TeacherSection)
 
 def verified_traces(problems: list[dict], responses: list[list[str]], keep: int) -> tuple[list[dict], dict]:
     """Chat rows of the correct, well-formed responses (at most `keep` distinct ones per problem)."""
-    from ..rewards import get
-
-    accuracy, fmt = get("accuracy"), get("format")
+    accuracy, fmt = get_reward("accuracy"), get_reward("format")
     rows, n_total, n_correct = [], 0, 0
     for problem, texts in zip(problems, responses):
         cols = columns_of([problem], len(texts))
@@ -154,11 +148,9 @@ def make_traces(teacher: str, cfg: TeacherSection, out: Path) -> dict:
     return stats
 
 
-def distill(teacher: str, student: str, out: str, cfg: DistillConfig, resume: bool = False, preset: str | None = None) -> dict:
-    from .data import ChatStream, DataConfig
-    from .pretrain import train_command
-    from .sft import SFTConfig
-
+def distill(cfg: DistillConfig, out: str | Path, *, teacher: str, student: str | Path, resume: bool = False) -> dict:
+    """The teacher's verified traces (out/traces.jsonl), then the student's SFT on them (out/sft; the
+    distilled model is out/sft/final). Returns the traces' statistics."""
     out_dir = Path(out)
     traces = out_dir / "traces.jsonl"
     if resume and traces.exists() and (out_dir / "traces_stats.json").exists():
@@ -167,10 +159,8 @@ def distill(teacher: str, student: str, out: str, cfg: DistillConfig, resume: bo
         stats = make_traces(teacher, cfg.teacher, out_dir)
     print(f"distill: {stats['kept_traces']} verified traces (teacher right on {stats['teacher_correct']:.0%} of its samples)",
           file=sys.stderr)
-    sft_cfg = SFTConfig(train=cfg.train, data=DataConfig(files=[str(traces)]))
-    args = argparse.Namespace(out=str(out_dir / "sft"), resume=resume, init=student, tokenizer=None, data=[str(traces)])
-    train_command(sft_cfg, args, lambda source, tok, c: ChatStream(source, tok, c.train.seq_len, c.train.batch_size,
-                                                                   packing=c.data.packing), "distill")
+    sft(SFTConfig(train=cfg.train, data=DataConfig(files=[str(traces)])), out_dir / "sft", init=student, resume=resume,
+        desc="distill")
     return stats
 
 
@@ -185,6 +175,6 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_distill(args) -> int:
     cfg = build(DistillConfig, PRESETS, args.preset, args.overrides)
-    distill(args.teacher, args.student, args.out, cfg, args.resume)
+    distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume)
     print(f"student: {Path(args.out) / 'sft' / 'final'}")
     return 0

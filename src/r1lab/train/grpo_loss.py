@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .grpo_config import GRPOSection
+
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "grpo", eps: float = 1e-4) -> torch.Tensor:
     """rewards (N,) grouped consecutively by prompt -> advantages (N,)."""
@@ -98,3 +100,91 @@ def policy_loss(
     is_clipped = (clipped < unclipped).float()  # the clip is active: this token's gradient is zero
     clip_frac = ((is_clipped * mask).sum() / mask.sum().clamp(min=1)).item()
     return LossOut(loss, clip_frac, kl_value)
+
+
+# ---------------------------------------------------------------- the policy batch and its loss
+
+@dataclass
+class PolicyBatch:
+    """Prompt + completion rows, right-padded; `target_mask` marks the positions whose next token is a
+    completion token (the ones the policy is trained on)."""
+
+    input_ids: torch.Tensor  # (N, T)
+    target_mask: torch.Tensor  # (N, T - 1)
+    advantages: torch.Tensor  # (N,)
+    old_logp: torch.Tensor | None = None  # (N, T - 1)
+    ref_logp: torch.Tensor | None = None
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.target_mask.sum())
+
+    def rows(self, start: int, stop: int) -> "PolicyBatch":
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return PolicyBatch(self.input_ids[start:stop], self.target_mask[start:stop], self.advantages[start:stop],
+                           cut(self.old_logp), cut(self.ref_logp))
+
+    def to(self, device) -> "PolicyBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PolicyBatch(move(self.input_ids), move(self.target_mask), move(self.advantages), move(self.old_logp),
+                           move(self.ref_logp))
+
+
+def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated: bool) -> PolicyBatch:
+    """The kept rollouts (grpo_collect.Rollouts) as right-padded prompt + completion rows."""
+    rows = [p + c for p, c in zip(rollouts.prompt_ids, rollouts.completion_ids)]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width - 1)
+    for i, (p, c) in enumerate(zip(rollouts.prompt_ids, rollouts.completion_ids)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        if not (mask_truncated and rollouts.truncated[i]):
+            mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0  # position t predicts token t + 1
+    return PolicyBatch(ids, mask, advantages)
+
+
+def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
+    `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad)."""
+    target = mask.bool()  # position t predicts token t + 1
+    select = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    select[:, :-1] = target
+    logits = model(input_ids, select=select).float()  # (n, vocab)
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = torch.zeros(mask.shape, dtype=logp_all.dtype, device=logp_all.device)
+    logp[target] = logp_all.gather(-1, input_ids[:, 1:][target][:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean() if len(logp_all) else logp_all.new_zeros(())
+    return logp, entropy
+
+
+def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
+    """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss."""
+
+    def loss_fn(model, b: PolicyBatch):
+        logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature)
+        old = b.old_logp if b.old_logp is not None else logp.detach()
+        rows = b.input_ids.shape[0]
+        # normalisers over the whole batch (all micro-batches and ranks), so accumulation is exact
+        if cfg.loss == "grpo":
+            out = policy_loss(logp, old, b.advantages, b.target_mask, "grpo", cfg.epsilon_low, cfg.epsilon_high,
+                              cfg.beta, b.ref_logp)
+            scale = rows / n_rows_total
+        else:
+            denom = n_rows_total * cfg.max_new_tokens if cfg.loss == "dr_grpo" else n_tokens_total
+            out = policy_loss(logp, old, b.advantages, b.target_mask, cfg.loss, cfg.epsilon_low, cfg.epsilon_high,
+                              cfg.beta, b.ref_logp, token_normaliser=denom)
+            scale = 1.0
+        return out.loss * scale, {"clip_frac": out.clip_frac, "kl": out.kl, "entropy": float(entropy)}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: str) -> None:
+    parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature)[0]
+             for i in range(0, len(batch.input_ids), micro)]
+    setattr(batch, attr, torch.cat(parts))

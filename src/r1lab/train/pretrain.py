@@ -4,6 +4,9 @@
     r1lab pretrain --preset cpu-tiny --out runs/base --data corpus.jsonl --resume
     torchrun --nproc_per_node=2 -m r1lab.cli pretrain --preset cpu-tiny --out runs/base
 
+In Python: `pretrain(cfg, out, init=None, tokenizer=None, resume=False)`; `train_lm` is what it shares
+with `sft` (and distillation's SFT): the run folder, the model and tokenizer, config.yaml, the loop.
+
 Documents (a text paragraph, a `text` field, or a task's prompt + reference trace in chat form) are
 concatenated, each BOS ... EOS, and cut into seq_len blocks.
 """
@@ -11,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, build
 from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
-from .data import DataConfig, PackedStream, make_source, pretrain_text
-from .loop import distributed_job, fit, init_model, save_config, setup_run
+from ..tokenizer import Tokenizer, train_tokenizer
+from .data import DataConfig, make_source, make_stream, tokenizer_texts
+from .dist import distributed_job
+from .loop import Trainer, load_model_for, lm_step, save_config, setup_run, train
 
 
 @dataclass
@@ -47,6 +51,49 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def settle_tokenizer(tokenizer: str | Path | Tokenizer | None, cfg, source) -> Tokenizer:
+    """The tokenizer of a fresh model: the one given (object or folder), else one trained on the run's
+    documents or on the built-in tasks (deterministic, so every rank trains the same one)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if tokenizer:
+        return Tokenizer.load(tokenizer)
+    return train_tokenizer(tokenizer_texts(cfg.data, source), vocab_size=cfg.model.vocab_size)
+
+
+def train_lm(cfg, out: str | Path, *, stream: str, desc: str, init: str | Path | None = None,
+             tokenizer: str | Path | Tokenizer | None = None, resume: bool = False) -> Path:
+    """Next-token training of `cfg` (model, train, data sections) into `out`, on a `stream` of "packed"
+    documents or "chat" examples: run folder, model + tokenizer, config.yaml, the loop. Returns out/final."""
+    if cfg.train.seq_len > cfg.model.max_position_embeddings:
+        raise ConfigError(f"seq_len {cfg.train.seq_len} exceeds the model's max_position_embeddings "
+                          f"{cfg.model.max_position_embeddings}")
+    with distributed_job():
+        run = setup_run(out, cfg, resume)
+        source = make_source(cfg.data, cfg.train.seed)
+        from_checkpoint = run.resume_from is not None or init is not None
+        settled = None if from_checkpoint else settle_tokenizer(tokenizer, cfg, source)
+        model, settled = load_model_for(run, init, cfg.model, settled)
+        cfg.model = model.config
+        save_config(run, cfg)
+        if run.dist.is_main and run.resume_from is None:
+            counts = model.param_count()
+            print(f"{desc}: {counts['total'] / 1e6:.2f}M parameters ({counts['activated'] / 1e6:.2f}M activated), "
+                  f"vocab {settled.vocab_size}, {run.dist.world_size} rank(s) on {run.dist.device}", file=sys.stderr)
+        trainer = Trainer.build(run, model, settled)
+        data = make_stream(stream, source, settled, cfg.train, cfg.data)
+        train(trainer, data, lm_step(trainer, data), desc=desc)
+    return Path(out) / "final"
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, *, init: str | Path | None = None,
+             tokenizer: str | Path | Tokenizer | None = None, resume: bool = False) -> Path:
+    """Pretrain `cfg.model` (or `init`'s model) on cfg.data's packed documents; returns out/final."""
+    return train_lm(cfg, out, stream="packed", desc="pretrain", init=init, tokenizer=tokenizer, resume=resume)
+
+
+# ---------------------------------------------------------------- command
+
 def add_common_arguments(p: argparse.ArgumentParser, presets: dict) -> None:
     p.add_argument("--preset", default="cpu-tiny", help=f"preset ({', '.join(presets)}) or a YAML file (default cpu-tiny)")
     p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
@@ -61,16 +108,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", metavar="CKPT", help="start from this checkpoint (model + tokenizer) instead of a fresh model")
 
 
-def tokenizer_corpus(data: DataConfig, source) -> Callable[[], Iterable[str]]:
-    """Texts to train a fresh tokenizer on: the files' documents, or every built-in task (so the later
-    stages' tasks tokenize well whatever this run's mixture is)."""
-    from ..commands import builtin_corpus
-
-    if data.files:
-        return lambda: (pretrain_text(source[i]) for i in range(min(20_000, len(source.rows))))
-    return builtin_corpus
-
-
 def split_data_args(args) -> None:
     """`--data a.jsonl b.jsonl max_steps=5`: argparse hands the key=value items to --data; give them back."""
     files = args.data or []
@@ -78,29 +115,16 @@ def split_data_args(args) -> None:
     args.data = [f for f in files if "=" not in f or Path(f).exists()]
 
 
-def train_command(cfg, args, make_stream: Callable, desc: str) -> int:
-    """What pretrain and SFT share: run folder, model + tokenizer, config.yaml, the loop, teardown."""
-    if getattr(args, "data", None):
+def config_from_args(cls, presets: dict, args):
+    """The stage's config from --preset, key=value overrides and --data."""
+    split_data_args(args)
+    cfg = build(cls, presets, args.preset, args.overrides)
+    if args.data:
         cfg.data.files = list(args.data)
-    if cfg.train.seq_len > cfg.model.max_position_embeddings:
-        raise ConfigError(f"seq_len {cfg.train.seq_len} exceeds the model's max_position_embeddings {cfg.model.max_position_embeddings}")
-    with distributed_job():
-        run = setup_run(args.out, cfg, args.resume)
-        source = make_source(cfg.data, cfg.train.seed)
-        model, tokenizer = init_model(run, cfg.model, args.init, args.tokenizer, tokenizer_corpus(cfg.data, source))
-        cfg.model = model.config
-        save_config(run, cfg)
-        if run.dist.is_main and run.resume_from is None:
-            counts = model.param_count()
-            print(f"{desc}: {counts['total'] / 1e6:.2f}M parameters ({counts['activated'] / 1e6:.2f}M activated), "
-                  f"vocab {tokenizer.vocab_size}, {run.dist.world_size} rank(s) on {run.dist.device}", file=sys.stderr)
-        fit(run, model, tokenizer, make_stream(source, tokenizer, cfg), desc=desc)
-    return 0
+    return cfg
 
 
 def run_pretrain(args) -> int:
-    split_data_args(args)
-    cfg = build(PretrainConfig, PRESETS, args.preset, args.overrides)
-    return train_command(cfg, args, lambda source, tok, c: PackedStream(source, tok, c.train.seq_len, c.train.batch_size),
-                         "pretrain")
-
+    pretrain(config_from_args(PretrainConfig, PRESETS, args), args.out, init=args.init, tokenizer=args.tokenizer,
+             resume=args.resume)
+    return 0

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..config import TrainConfig, build
+from ..config import TrainConfig
 from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
-from .data import ChatStream, DataConfig
-from .pretrain import add_common_arguments, split_data_args, train_command
+from ..tokenizer import Tokenizer
+from .data import DataConfig
+from .pretrain import add_common_arguments, config_from_args, train_lm
 
 
 @dataclass
@@ -45,13 +47,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def sft(cfg: SFTConfig, out: str | Path, *, init: str | Path | None = None,
+        tokenizer: str | Path | Tokenizer | None = None, resume: bool = False, desc: str = "sft") -> Path:
+    """Fine-tune `init` (or a fresh model of cfg.model) on cfg.data's chat examples; returns out/final."""
+    return train_lm(cfg, out, stream="chat", desc=desc, init=init, tokenizer=tokenizer, resume=resume)
+
+
 def add_sft_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, PRESETS)
-    p.add_argument("--init", metavar="CKPT", help="checkpoint to fine-tune (model + tokenizer); without it, a fresh model of the preset")
+    p.add_argument("--init", metavar="CKPT",
+                   help="checkpoint to fine-tune (model + tokenizer); without it, a fresh model of the preset")
 
 
 def run_sft(args) -> int:
-    split_data_args(args)
-    cfg = build(SFTConfig, PRESETS, args.preset, args.overrides)
-    return train_command(cfg, args, lambda source, tok, c: ChatStream(source, tok, c.train.seq_len, c.train.batch_size,
-                                                                      packing=c.data.packing), "sft")
+    sft(config_from_args(SFTConfig, PRESETS, args), args.out, init=args.init, tokenizer=args.tokenizer, resume=args.resume)
+    return 0

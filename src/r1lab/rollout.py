@@ -1,0 +1,65 @@
+"""One rollout: problems -> chat template -> k seeded samples each -> full responses, token ids, finish
+reasons and reward scores. GRPO, distillation, evaluation and the GRPO bench all sample through it.
+
+Every sample's seed comes from the caller's `seed_of(problem_index, sample_index)` rule, so each caller
+keeps the seeds it has always used (its runs stay reproducible bit for bit); `seed_of=None` samples
+without seeds (greedy decoding needs none).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import Engine, SamplingParams
+from .rewards import columns_of
+from .tokenizer import THINK_PREFIX, Tokenizer
+
+
+@dataclass
+class Rollout:
+    """k samples per problem, flattened problem by problem (sample j of problem i is row i * k + j)."""
+
+    problems: list[dict]
+    k: int
+    prompt_ids: list[list[int]]  # one per problem: the chat template up to the pre-filled THINK_PREFIX
+    texts: list[str]  # full responses: THINK_PREFIX + the generated text (what rewards read)
+    token_ids: list[list[int]]  # the generated tokens
+    finish_reasons: list[str]  # "stop" or "length"
+    columns: dict[str, list]  # the reward columns (answer, task, ...), repeated k times
+    scores: Any = None  # what `scorer(texts, **columns)` returned, when a scorer was given
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.token_ids]
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [reason == "length" for reason in self.finish_reasons]
+
+    def group(self, index: int) -> slice:
+        """Rows of problem `index`."""
+        return slice(index * self.k, (index + 1) * self.k)
+
+
+def chat_prompt(tokenizer: Tokenizer, problem: dict) -> list[int]:
+    """A problem's prompt as token ids: one user turn, then the assistant turn with THINK_PREFIX pre-filled."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": problem["prompt"]}], add_generation_prompt=True)
+
+
+def rollout(engine: Engine, tokenizer: Tokenizer, problems: list[dict], k: int, *, max_tokens: int,
+            temperature: float = 1.0, top_p: float = 1.0, seed_of: Callable[[int, int], int] | None = None,
+            scorer: Callable[..., Any] | None = None, progress: bool = False) -> Rollout:
+    """Sample k completions of every problem with `engine` and score them with `scorer` (if given)."""
+    prompt_ids = [chat_prompt(tokenizer, p) for p in problems]
+    if seed_of is None:
+        params: SamplingParams | list[SamplingParams] = SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                                                       top_p=top_p)
+    else:
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed_of(i, j))
+                  for i in range(len(problems)) for j in range(k)]
+    outs = engine.generate([ids for ids in prompt_ids for _ in range(k)], params, progress=progress)
+    texts = [THINK_PREFIX + o.text for o in outs]
+    columns = columns_of(problems, k)
+    return Rollout(problems, k, prompt_ids, texts, [list(o.token_ids) for o in outs], [o.finish_reason for o in outs],
+                   columns, scorer(texts, **columns) if scorer is not None else None)
