@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .model.config import PRESETS as MODEL_PRESETS
+
 
 class ConfigError(ValueError):
     pass
@@ -200,9 +202,7 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 # ---- the model presets, as config sections ----
 
 def model_presets() -> dict[str, dict]:
-    from .model.config import PRESETS
-
-    return {name: {"model": values} for name, values in PRESETS.items()}
+    return {name: {"model": values} for name, values in MODEL_PRESETS.items()}
 
 
 __all__ = ["ConfigError", "TrainConfig", "build", "field_names", "model_presets", "save_yaml", "set_key", "to_dict"]

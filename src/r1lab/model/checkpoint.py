@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..tokenizer import Tokenizer
 from .attention import rope_inv_freq
 from .config import ModelConfig
 from .moe import MoE
@@ -233,8 +234,6 @@ def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = tor
 
 def load(folder: str | Path, verify: bool = True):
     """(model, tokenizer) from any DeepseekV3 checkpoint folder, ours or one saved by transformers."""
-    from ..tokenizer import Tokenizer
-
     model = load_model(folder, verify=verify)
     tokenizer = None
     if (Path(folder) / "tokenizer.json").exists():

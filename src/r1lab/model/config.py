@@ -181,23 +181,19 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 
 
 # ---- presets ----
+CPU_TINY: dict[str, Any] = dict(
+    vocab_size=512, hidden_size=128, intermediate_size=384, moe_intermediate_size=96,
+    num_hidden_layers=4, num_attention_heads=4, q_lora_rank=0, kv_lora_rank=64,
+    qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+    n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+    max_position_embeddings=512,
+)
 PRESETS: dict[str, dict[str, Any]] = {
     # ~2M parameters, trains in minutes on a 2-core laptop
-    "cpu-tiny": dict(
-        vocab_size=512, hidden_size=128, intermediate_size=384, moe_intermediate_size=96,
-        num_hidden_layers=4, num_attention_heads=4, q_lora_rank=0, kv_lora_rank=64,
-        qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
-        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
-        max_position_embeddings=512,
-    ),
+    "cpu-tiny": CPU_TINY,
     # smaller student for distillation (about 3x fewer parameters than cpu-tiny)
-    "cpu-micro": dict(
-        vocab_size=512, hidden_size=96, intermediate_size=256, moe_intermediate_size=64,
-        num_hidden_layers=3, num_attention_heads=3, q_lora_rank=0, kv_lora_rank=48,
-        qk_nope_head_dim=24, qk_rope_head_dim=16, v_head_dim=24,
-        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
-        max_position_embeddings=512,
-    ),
+    "cpu-micro": dict(CPU_TINY, hidden_size=96, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=3, kv_lora_rank=48, qk_nope_head_dim=24, v_head_dim=24, n_routed_experts=4),
     # ~20M parameters: the mid-size benchmark model
     "cpu-20m": dict(
         vocab_size=4096, hidden_size=256, intermediate_size=768, moe_intermediate_size=192,

@@ -13,21 +13,17 @@ data.packing=true) or each gets its own padded row (data.packing=false).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
+from ..model.config import PRESETS as MODEL_PRESETS
 from ..tokenizer import Tokenizer
-from .data import DataConfig
-from .pretrain import add_common_arguments, config_from_args, train_lm
+from .pretrain import PRESETS as PRETRAIN_PRESETS, PretrainConfig, add_common_arguments, config_from_args, train_lm
 
 
 @dataclass
-class SFTConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+class SFTConfig(PretrainConfig):
+    """The same sections as pretraining (model, train, data); data.packing decides how examples share rows."""
 
 
 PRESETS: dict[str, dict] = {
@@ -36,9 +32,7 @@ PRESETS: dict[str, dict] = {
     "cpu-tiny": {"model": MODEL_PRESETS["cpu-tiny"],
                  "train": dict(max_steps=500, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1,
                                weight_decay=0.0, optimizer="muon", save_every=250)},
-    "cpu-micro": {"model": MODEL_PRESETS["cpu-micro"],
-                  "train": dict(max_steps=600, batch_size=16, seq_len=256, lr=4e-3, warmup_steps=30, save_every=200,
-                                optimizer="muon")},
+    "cpu-micro": PRETRAIN_PRESETS["cpu-micro"],
     "cpu-20m": {"model": MODEL_PRESETS["cpu-20m"],
                 "train": dict(max_steps=600, batch_size=16, seq_len=512, lr=1e-3, warmup_steps=30, save_every=200)},
     "gpu-small": {"model": MODEL_PRESETS["gpu-small"],
