@@ -159,3 +159,27 @@ def test_dynamic_sampling_draws_enough_prompts_at_the_seen_keep_rate(tokenizer):
     kept, stats = collect(Engine(), tokenizer, prompts, scorer, cfg, 8, seed=0, step=1)
     assert (stats.rounds, stats.groups_seen, stats.groups_dropped, prompts.position) == (2, 32, 24, 32)
     assert len(kept.rewards) == 8 * G and sorted(set(kept.rewards)) == [0.0, 1.0]
+
+
+def test_grpo_step_is_one_callable_step(tmp_path, init_ckpt):
+    """GRPOStep (what the loop and bench/grpo.py call) runs one step on its own: it samples whole groups,
+    updates the weights, and reports the step's record."""
+    import r1lab
+    from r1lab.config import TrainConfig
+    from r1lab.train.dist import Dist, RunState
+    from r1lab.train.grpo import GRPOSection, GRPOStep, PromptStream
+    from r1lab.train.loop import Trainer
+
+    section = GRPOSection(tasks="addition", group_size=4, prompts_per_step=2, max_new_tokens=8, dynamic_sampling=False,
+                          rewards={"repetition": 1.0})
+    run = RunState(tmp_path, Dist(), TrainConfig(max_steps=2, lr=1e-2, warmup_steps=1, min_lr_ratio=1.0, seed=0))
+    model, tokenizer = r1lab.load(init_ckpt)
+    before = [p.detach().clone() for p in model.parameters()]
+    prompts = PromptStream(section, seed=0)
+    step = GRPOStep(Trainer.build(run, model, tokenizer), section, prompts)
+    record = step(0)
+    step.close()
+    assert record["groups_kept"] == 2 and record["groups_seen"] == 2 and prompts.position == 2
+    assert record["gen_tokens"] > 0 and record["lr"] == pytest.approx(1e-2) and "loss" in record
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert (tmp_path / "samples.jsonl").exists()  # step 1 writes a few samples

@@ -76,3 +76,18 @@ def test_missing_or_corrupt_tokenizer_is_named(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer.json"):
         Tokenizer.load(tmp_path)
+
+
+def test_tokenizer_command_reads_files_as_pretraining_does(tmp_path):
+    """`r1lab tokenizer --text` and a pretraining run's own tokenizer see the same documents: a .txt file's
+    paragraphs (not its lines), a JSONL row's text."""
+    from r1lab.train.data import file_documents, pretrain_text, read_rows
+
+    text = tmp_path / "a.txt"
+    text.write_text("first line\nof one paragraph\n\nsecond paragraph\n")
+    rows = tmp_path / "b.jsonl"
+    rows.write_text('{"text": "a row"}\n')
+    docs = list(file_documents([str(text), str(rows)]))
+    assert docs == ["first line\nof one paragraph", "second paragraph", "a row"]
+    assert docs == [pretrain_text(r) for p in (text, rows) for r in read_rows(p)]
+    assert list(file_documents([str(text)], limit=1)) == ["first line\nof one paragraph"]

@@ -163,18 +163,18 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = []
-    p = plot_grpo_curves(stages, out / "grpo_curves.png")
-    if p:
-        plots.append(("GRPO curves", p))
-    p = plot_bars(stages, tasks, out / "accuracy_by_stage.png", "pass@1 by stage")
-    if p:
-        plots.append(("Accuracy by stage", p))
+    plot = plot_grpo_curves(stages, out / "grpo_curves.png")
+    if plot:
+        plots.append(("GRPO curves", plot))
+    plot = plot_bars(stages, tasks, out / "accuracy_by_stage.png", "pass@1 by stage")
+    if plot:
+        plots.append(("Accuracy by stage", plot))
     for name, group in extra_plots or []:
         file = out / (name.lower().replace(" ", "_").replace("/", "_") + ".png")
-        p = plot_bars(group, tasks, file, name)
-        if p:
-            plots.append((name, p))
-    c = cost(stages)
+        plot = plot_bars(group, tasks, file, name)
+        if plot:
+            plots.append((name, plot))
+    costs = cost(stages)
     lines = [f"# {title}", ""]
     for f in findings:
         mark = "ℹ️" if f.observation else "✅" if f.passed else ("⚠️ not measured" if f.passed is None else "❌")
@@ -197,10 +197,10 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     for s in stages:
         params = f"{s.params.get('total', 0) / 1e6:.2f}M / {s.params.get('activated', 0) / 1e6:.2f}M" if s.params else "–"
         lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.train_flops:.3g} | {s.gen_flops:.3g} | {params} |")
-    lines += ["", f"Total: {c['wall_s'] / 60:.1f} min wall time, {c['total_flops']:.3g} FLOPs. "
+    lines += ["", f"Total: {costs['wall_s'] / 60:.1f} min wall time, {costs['total_flops']:.3g} FLOPs. "
               f"Projected to H100s at {ASSUMED_MFU:.0%} MFU of {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s (bf16 dense): "
-              f"{c['h100_gpu_hours'] * 3600:.2f} GPU-seconds = {c['h100_gpu_hours']:.2e} GPU-hours, "
-              f"${c['usd']:.2e} at ${PRICE_PER_GPU_HOUR:.2f} per GPU-hour (an assumed on-demand price).", ""]
+              f"{costs['h100_gpu_hours'] * 3600:.2f} GPU-seconds = {costs['h100_gpu_hours']:.2e} GPU-hours, "
+              f"${costs['usd']:.2e} at ${PRICE_PER_GPU_HOUR:.2f} per GPU-hour (an assumed on-demand price).", ""]
     lines += ["## Setup", "", f"- hardware: {hardware()}", f"- git commit: {git_commit()}"]
     for note in notes or []:
         lines.append(f"- {note}")
@@ -209,7 +209,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
         "findings": [asdict(f) for f in findings],
         "table": [{"stage": s.name, "task": t, **s.evals[t]} for s in stages for t in tasks if t in s.evals],
         "stages": [{k: v for k, v in asdict(s).items() if k != "evals"} for s in stages],
-        "cost": c,
+        "cost": costs,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out / "report.md"

@@ -93,18 +93,18 @@ def responses_from_endpoint(url: str, problems: list[dict], cfg: TeacherSection)
     with httpx.Client(timeout=300, headers=headers) as client:
         model = cfg.model
         if not model:
-            r = client.get(f"{base}/models")
-            r.raise_for_status()
-            model = r.json()["data"][0]["id"]
+            listing = client.get(f"{base}/models")
+            listing.raise_for_status()
+            model = listing.json()["data"][0]["id"]
 
         def ask(i: int) -> list[str]:
             body = {"model": model, "messages": [{"role": "user", "content": problems[i]["prompt"]}], "n": cfg.k,
                     "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
                     "seed": cfg.seed * 100_003 + i}
-            r = client.post(f"{base}/chat/completions", json=body)
-            if r.status_code != 200:
-                raise ConfigError(f"teacher endpoint {base} answered {r.status_code}: {r.text[:300]}")
-            return [response_from_message(c["message"]) for c in r.json()["choices"]]
+            answer = client.post(f"{base}/chat/completions", json=body)
+            if answer.status_code != 200:
+                raise ConfigError(f"teacher endpoint {base} answered {answer.status_code}: {answer.text[:300]}")
+            return [response_from_message(choice["message"]) for choice in answer.json()["choices"]]
 
         with concurrent.futures.ThreadPoolExecutor(cfg.concurrency) as pool:
             return list(pool.map(ask, range(len(problems))))

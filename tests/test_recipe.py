@@ -1,0 +1,74 @@
+"""Speedrun recipes: the built-in ones load and give each stage the config the speedrun has always used;
+overrides reach one stage or the whole recipe; mistakes name the file and the key."""
+import pytest
+
+from r1lab.config import ConfigError
+from r1lab.recipe import builtin_recipes, load_recipe
+from r1lab.speedrun import Speedrun
+
+
+def configs(recipe, tmp_path):
+    runner = Speedrun(recipe, tmp_path)
+    return {spec.name: runner.stage_config(spec) for spec in recipe.stages}
+
+
+def test_builtin_recipes_ship_with_the_package():
+    assert {"cpu", "cpu-smoke"} <= set(builtin_recipes())
+
+
+def test_cpu_recipe_stages(tmp_path):
+    recipe = load_recipe("cpu")
+    assert [s.name for s in recipe.stages] == ["base", "r1-zero", "r1-cold-start", "r1-grpo1", "r1-rs-sft", "r1",
+                                               "student-base", "student-distilled", "student-rl"]
+    assert recipe.final == "r1" and recipe.stage("r1").start == "r1-rs-sft"
+    cfg = configs(recipe, tmp_path)
+    base, _ = cfg["base"]
+    assert (base.train.max_steps, base.train.optimizer, base.data.noise, base.data.tasks) == (600, "muon", 0.3,
+                                                                                             "addition,countdown")
+    r1, _ = cfg["r1"]
+    assert (r1.train.lr, r1.grpo.group_size, r1.grpo.max_sampling_rounds, r1.grpo.task_weights) == (1e-4, 8, 2, "1.0,2.0")
+    assert r1.grpo.knobs == {"addition": {"digits": 4}, "countdown": {"numbers": 2}} and r1.grpo.max_new_tokens == 128
+    rs, traces = cfg["r1-rs-sft"]
+    assert (rs.train.warmup_steps, rs.train.lr) == (16, 3e-4)
+    assert traces == {"teacher": "r1-grpo1", "problems": 200, "k": 4, "seed": 1, "folder": "rejection", "add_cold_start": True}
+    assert cfg["student-rl"][0].grpo.max_sampling_rounds == 4  # the GRPO default
+
+
+def test_smoke_recipe_extends_cpu(tmp_path):
+    recipe = load_recipe("cpu-smoke")
+    cfg = configs(recipe, tmp_path)
+    assert cfg["base"][0].train.max_steps == 30 and cfg["r1"][0].train.lr == 1e-4  # shortened; lr from cpu
+    assert cfg["r1"][0].grpo.group_size == 4 and cfg["r1"][0].grpo.max_new_tokens == 48
+    assert cfg["student-distilled"][1]["problems"] == 8
+
+
+def test_overrides_reach_the_recipe_or_one_stage(tmp_path):
+    recipe = load_recipe("cpu", ["seed=3", "r1-zero.train.max_steps=60", "r1.grpo.max_sampling_rounds=4",
+                                 "r1-rs-sft.traces.k=8"])
+    cfg = configs(recipe, tmp_path)
+    assert all(c.train.seed == 3 for c, _ in cfg.values())
+    assert cfg["r1-zero"][0].train.max_steps == 60 and cfg["r1-grpo1"][0].train.max_steps == 25
+    assert cfg["r1"][0].grpo.max_sampling_rounds == 4 and cfg["r1-rs-sft"][1]["k"] == 8
+
+
+def test_recipe_mistakes_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown speedrun key 'r1_zero_steps'"):
+        load_recipe("cpu", ["r1_zero_steps=60"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: addition\nstages:\n  - {name: a, kind: grpo, preset: cpu-tiny, from: nowhere}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: stage a starts from 'nowhere'"):
+        load_recipe(str(bad))
+    bad.write_text("taks: addition\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key\(s\) taks"):
+        load_recipe(str(bad))
+    bad.write_text("stages:\n  - {name: a, kind: pretrain, preset: cpu-tiny, set: [train.lr=fast]}\n")
+    with pytest.raises(ConfigError, match="stage a: train.lr: cannot read 'fast'"):
+        configs(load_recipe(str(bad)), tmp_path)
+    with pytest.raises(ConfigError, match="neither a file nor a built-in recipe"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+
+
+def test_a_recipe_of_your_own_extends_a_file(tmp_path):
+    (tmp_path / "mine.yaml").write_text("extends: cpu\nseed: 7\nset:\n  r1: [train.max_steps=80]\n")
+    recipe = load_recipe(str(tmp_path / "mine.yaml"))
+    assert recipe.seed == 7 and configs(recipe, tmp_path)["r1"][0].train.max_steps == 80
