@@ -111,7 +111,7 @@ def test_grpo_raises_a_reward_it_is_given(tmp_path, init_ckpt, monkeypatch):
 def test_token_logp_reads_only_the_masked_positions(init_ckpt):
     """The head runs on the target positions only; there it must equal the full forward's log-probs."""
     import r1lab
-    from r1lab.train.grpo import token_logp
+    from r1lab.train.grpo_loss import token_logp
 
     model, _ = r1lab.load(init_ckpt)
     torch.manual_seed(0)
