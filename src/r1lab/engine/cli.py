@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..tokenizer import THINK_PREFIX
 from .engine import Engine
 from .sampling import SamplingParams
 
@@ -38,7 +39,7 @@ def run_generate(args: argparse.Namespace) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
     if args.chat:  # the template pre-fills the opening of the thinking; show it
-        sys.stdout.write("<think>\n")
+        sys.stdout.write(THINK_PREFIX)
     finish = None
     for event in engine.submit(prompt_ids, params).events():
         sys.stdout.write(event.text)

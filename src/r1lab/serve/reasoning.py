@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-THINK = "<think>"
-END_THINK = "</think>"
+from ..tokenizer import END_THINK, THINK
 
 
 @dataclass

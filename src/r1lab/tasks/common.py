@@ -26,6 +26,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from ..tokenizer import END_THINK, THINK_PREFIX
+
 NOISE_KINDS = ("slip", "misconception")
 SPLITS = ("train", "test", "all")
 
@@ -63,7 +65,7 @@ class Task:
 
 
 def render_trace(steps: list[str], boxed: str) -> str:
-    return "<think>\n" + "\n".join(steps) + "\n</think>\nThe answer is \\boxed{" + boxed + "}."
+    return THINK_PREFIX + "\n".join(steps) + f"\n{END_THINK}\nThe answer is \\boxed{{{boxed}}}."
 
 
 def nudge(value: int, up: bool, lo: int, hi: int) -> int:
