@@ -72,3 +72,33 @@ def test_a_recipe_of_your_own_extends_a_file(tmp_path):
     (tmp_path / "mine.yaml").write_text("extends: cpu\nseed: 7\nset:\n  r1: [train.max_steps=80]\n")
     recipe = load_recipe(str(tmp_path / "mine.yaml"))
     assert recipe.seed == 7 and configs(recipe, tmp_path)["r1"][0].train.max_steps == 80
+
+
+@pytest.mark.slow
+def test_speedrun_runs_a_recipe_file(tmp_path):
+    """`r1lab speedrun --recipe FILE`: a three-stage pipeline of a tiny model, evaluated and reported."""
+    import json
+
+    from r1lab.cli import main
+
+    tiny = ("[model.hidden_size=32, model.intermediate_size=64, model.moe_intermediate_size=16, model.num_hidden_layers=2, "
+            "model.num_attention_heads=2, model.kv_lora_rank=16, model.qk_nope_head_dim=8, model.qk_rope_head_dim=8, "
+            "model.v_head_dim=8, model.n_routed_experts=4, train.max_steps=3, train.seq_len=64, train.batch_size=4]")
+    (tmp_path / "tiny.yaml").write_text(f"""
+tasks: addition
+clean_examples: 8
+max_new_tokens: 16
+eval_problems: 2
+eval_k: 1
+stages:
+  - {{name: base, kind: pretrain, preset: cpu-tiny, set: {tiny}}}
+  - {{name: tuned, kind: sft, preset: cpu-tiny, from: base, data: cold_start, set: [train.max_steps=2, train.batch_size=4]}}
+  - {{name: rl, kind: grpo, preset: cpu-tiny, from: tuned, set: [train.max_steps=1, grpo.group_size=2, grpo.prompts_per_step=2]}}
+""")
+    out = tmp_path / "run"
+    assert main(["speedrun", "--recipe", str(tmp_path / "tiny.yaml"), "--out", str(out), "seed=2"]) == 0
+    evals = json.loads((out / "eval.json").read_text())
+    assert set(evals) == {"base", "tuned", "rl"} and evals["rl"]["addition"]["n"] == 2
+    assert (out / "final" / "model.safetensors").read_bytes() == (out / "rl" / "final" / "model.safetensors").read_bytes()
+    assert "max_steps: 2" in (out / "tuned" / "config.yaml").read_text() and "seed: 2" in (out / "rl" / "config.yaml").read_text()
+    assert (out / "report.md").read_text().startswith("# r1lab speedrun")
