@@ -66,10 +66,9 @@ def save_config(run: RunState, cfg: Any) -> None:
 
 
 def load_model_for(run: RunState, init: str | Path | None, model_cfg=None,
-                   tokenizer: Tokenizer | Callable[[], Tokenizer] | None = None) -> tuple[Transformer, Tokenizer]:
-    """(model, tokenizer) to train: the resumed checkpoint, else `init`'s checkpoint, else a fresh model
-    of `model_cfg` (seeded with train.seed) sized to `tokenizer` (or to what calling it returns: a
-    tokenizer is trained only when no checkpoint brings one)."""
+                   tokenizer: Tokenizer | None = None) -> tuple[Transformer, Tokenizer]:
+    """(model, tokenizer) to train: the resumed checkpoint, else `init`'s checkpoint (each with its own
+    tokenizer), else a fresh model of `model_cfg` (seeded with train.seed) sized to `tokenizer`."""
     source = run.resume_from or (Path(init) if init else None)
     if source is not None:
         model, loaded = load(source)
@@ -83,8 +82,6 @@ def load_model_for(run: RunState, init: str | Path | None, model_cfg=None,
         return model, loaded
     if model_cfg is None or tokenizer is None:
         raise ConfigError("a fresh model needs a model config and a tokenizer (or an init checkpoint)")
-    if callable(tokenizer) and not isinstance(tokenizer, Tokenizer):
-        tokenizer = tokenizer()
     model_cfg.vocab_size = max(model_cfg.vocab_size, tokenizer.vocab_size)
     model_cfg.bos_token_id, model_cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model_cfg.pad_token_id = tokenizer.pad_token_id
