@@ -400,7 +400,8 @@ def test_markdown_and_math_render_safely_while_streaming(tokenizer, tmp_path):
         assert page.js(render.format("`$x$` and\n```\n$y$\n```"))[:2] == [0, 0]
         assert page.js(render.format("so \\[\\frac{1}{\\]"))[:2] == [0, 1]
         assert page.js(render.format("a \\$ sign, $x^2$ and \\frac{1}{2"))[:2] == [1, 0]
-        blocks = page.js("R1Markdown.splitBlocks('one\\n\\n$$\\nx\\n\\ny\\n$$\\n\\n```\\na\\n\\nb\\n```\\n\\n1. item\\n\\n    more')")
+        source = "one\\n\\n$$\\nx\\n\\ny\\n$$\\n\\n```\\na\\n\\nb\\n```\\n\\n1. item\\n\\n    more"
+        blocks = page.js(f"R1Markdown.splitBlocks('{source}')")
         assert blocks == ["one\n", "$$\nx\n\ny\n$$\n", "```\na\n\nb\n```\n", "1. item\n\n    more"], blocks
         # phone width: wide math and tables scroll inside themselves, the page does not
         shot = page.screenshot(tmp_path / "chat-markdown-phone.png", 390, 844, mobile=True)
