@@ -153,12 +153,18 @@ class ChatChoice(Response):
     finish_reason: str | None
 
 
-class ChatCompletion(Response):
+class CompletionHeader(Response):
+    """The fields every completion object and chunk starts with, in OpenAI's order (subclasses pin `object`)."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
     system_fingerprint: str
+
+
+class ChatCompletion(CompletionHeader):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
 
@@ -176,12 +182,8 @@ class ChatChunkChoice(Response):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(Response):
-    id: str
+class ChatCompletionChunk(CompletionHeader):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
@@ -194,12 +196,8 @@ class TextChoice(Response):
     prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
 
 
-class TextCompletion(Response):
-    id: str
+class TextCompletion(CompletionHeader):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[TextChoice]
     usage: Usage | None = None
 
