@@ -2,8 +2,9 @@
 __version__ = "0.1.0"
 
 
-def load(path):
-    """(model, tokenizer) from a checkpoint folder, ours or one saved by transformers."""
+def load(path, dtype=None):
+    """(model, tokenizer) from a checkpoint folder or Hugging Face hub id: r1lab's DeepSeek-V3, or a Llama,
+    Qwen2 or Qwen3 checkpoint (ours or saved by transformers). dtype: the weights' dtype (default float32)."""
     from .model.checkpoint import load as _load
 
-    return _load(path)
+    return _load(path) if dtype is None else _load(path, dtype=dtype)

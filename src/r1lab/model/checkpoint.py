@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,9 +26,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..tokenizer import Tokenizer
+from ..chat_tokenizer import load_tokenizer
 from .attention import rope_inv_freq
 from .config import ModelConfig
+from .families import FamilyConfig, FamilyLM, config_from_hf
+from .hub import resolve_folder
 from .moe import MoE
 from .transformer import Transformer
 
@@ -110,11 +113,14 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         cfg = model.config
+        if isinstance(cfg, FamilyConfig):  # the dtype written, and the checkpoint's own generation defaults
+            cfg.torch_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
         gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": True,
                "temperature": 0.6, "top_p": 0.95}
         if cfg.pad_token_id is not None:
             gen["pad_token_id"] = cfg.pad_token_id
+        gen = getattr(cfg, "generation", None) or gen
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         save_file(state_dict_for_disk(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
@@ -165,17 +171,23 @@ def verify_checkpoint(folder: str | Path, full: bool = True) -> None:
             raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {f}")
 
 
-def read_config(folder: str | Path) -> ModelConfig:
+def read_config(folder: str | Path) -> ModelConfig | FamilyConfig:
+    """The model config of a checkpoint folder: DeepSeek-V3, or Llama / Qwen2 / Qwen3 (with the folder's
+    generation_config.json, whose EOS ids and sampling defaults they keep)."""
     path = Path(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"not a checkpoint folder (no config.json): {folder}")
+    gen_path = Path(folder) / "generation_config.json"
     try:
-        return ModelConfig.from_hf_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
+        generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+        return config_from_hf(json.loads(path.read_text()), generation)
+    except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"cannot read model config {path}: {e}") from e
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(folder: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors file(s), floating-point ones converted to `dtype` one at a
+    time (a bf16 file never sits in memory beside a whole fp32 copy of itself)."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -189,23 +201,32 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
-                    tensors[key] = f.get_tensor(key)
+                    t = f.get_tensor(key)
+                    keep = dtype is None or not t.is_floating_point() or "e_score_correction_bias" in key
+                    tensors[key] = t if keep else t.to(dtype)
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
             raise CheckpointError(f"cannot read weights file {path}: {e}") from e
     return tensors
 
 
-def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = torch.float32) -> Transformer:
-    folder = Path(folder)
+def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = torch.float32) -> Transformer | FamilyLM:
+    """The model of a checkpoint folder (or a Hugging Face hub id), its floating-point weights in `dtype`."""
+    folder = resolve_folder(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     if verify:
         verify_checkpoint(folder)
     cfg = read_config(folder)
-    tensors = _unfuse_experts(_read_tensors(folder))
+    tensors = _unfuse_experts(_read_tensors(folder, dtype))
+    if isinstance(cfg, FamilyConfig):
+        return _load_family(folder, cfg, tensors, dtype)
+    n = cfg.num_hidden_layers
+    if cfg.num_nextn_predict_layers and not any(k.startswith(f"model.layers.{n}.") for k in tensors):
+        # transformers' DeepseekV3 has no MTP module: its config says 1 MTP layer, its files hold none
+        print(f"note: {folder} has no multi-token-prediction weights; loading without MTP", file=sys.stderr)
+        cfg.num_nextn_predict_layers = 0
     with torch.device("meta"):
         model = Transformer(cfg)
-    n = cfg.num_hidden_layers
     expected = model.state_dict()
     state = {}
     for disk_name, t in tensors.items():
@@ -216,6 +237,7 @@ def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = tor
             raise CheckpointError(f"{folder / 'model.safetensors'}: tensor {disk_name} has shape {tuple(t.shape)}, "
                                   f"config implies {tuple(expected[name].shape)}")
         state[name] = t.to(dtype) if t.is_floating_point() and "e_score_correction_bias" not in name else t.float()
+        tensors[disk_name] = None  # the file's copy is freed as soon as it is converted
     if cfg.tie_word_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     missing = [k for k in expected if k not in state and not k.endswith(".load")]
@@ -232,15 +254,39 @@ def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = tor
     return model.eval()
 
 
-def load(folder: str | Path, verify: bool = True):
-    """(model, tokenizer) from any DeepseekV3 checkpoint folder, ours or one saved by transformers."""
-    model = load_model(folder, verify=verify)
-    tokenizer = None
-    if (Path(folder) / "tokenizer.json").exists():
-        try:
-            tokenizer = Tokenizer.load(folder)
-        except ValueError:  # a tokenizer without our special tokens: hand back transformers' own
-            from transformers import AutoTokenizer
+def _load_family(folder: Path, cfg: FamilyConfig, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> FamilyLM:
+    """A Llama / Qwen2 / Qwen3 model: the names on disk are the module names."""
+    with torch.device("meta"):
+        model = FamilyLM(cfg)
+    expected = model.state_dict()
+    state = {}
+    for name, t in tensors.items():
+        if name not in expected:
+            continue  # e.g. rotary buffers some exporters save
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{folder}: tensor {name} has shape {tuple(t.shape)}, "
+                                  f"config implies {tuple(expected[name].shape)}")
+        state[name] = t.to(dtype) if t.is_floating_point() else t
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+        if "model.embed_tokens.weight" in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"{folder}: weights missing for {len(missing)} parameters, e.g. {missing[:3]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.init_buffers()
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    cfg.torch_dtype = str(dtype).removeprefix("torch.")
+    return model.eval()
 
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+def load(folder: str | Path, verify: bool = True, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a checkpoint folder or hub id: DeepSeek-V3 (ours or saved by transformers),
+    Llama, Qwen2 or Qwen3. The tokenizer is r1lab's own when the folder holds it, else the folder's
+    tokenizer.json rendered with its own chat template; None without a tokenizer.json."""
+    folder = resolve_folder(folder)
+    model = load_model(folder, verify=verify, dtype=dtype)
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
     return model, tokenizer
