@@ -25,6 +25,7 @@ from ..model import Transformer
 from .cache import KVCache
 from .detok import Detokenizer
 from .forward import Runner
+from .gqa import GQACache, GQARunner
 from .progress import progress_bar
 from .request import Completion, EngineError, PromptTooLong, QueueFull, Request, RequestHandle, StreamEvent
 from .sampling import Sampler, SamplingParams
@@ -62,10 +63,16 @@ class Engine:
         self.max_running, self.max_cached_tokens = max_running, max_cached_tokens
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.max_waiting, self.max_prefill_tokens = max_waiting, max_prefill_tokens
-        self.eos_token_id = tokenizer.eos_token_id if tokenizer is not None else model.config.eos_token_id
+        config_eos = model.config.eos_token_id  # a list in some Hugging Face configs
+        config_eos = config_eos[0] if isinstance(config_eos, list) else config_eos
+        self.eos_token_id = tokenizer.eos_token_id if tokenizer is not None else config_eos
+        # every id that ends a turn (Qwen's chat models: <|im_end|> and <|endoftext|>)
+        self.eos_token_ids = frozenset(getattr(tokenizer, "eos_token_ids", None)
+                                       or getattr(model.config, "eos_token_ids", None) or [self.eos_token_id])
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-        self.runner = Runner(model, self.max_model_len)
-        self.cache = KVCache(model.config, max_running, self.max_model_len, self.dtype, self.device)
+        gqa = model.config.attention == "gqa"  # Llama / Qwen2 / Qwen3: r1lab.model.families
+        self.runner = (GQARunner if gqa else Runner)(model, self.max_model_len)
+        self.cache = (GQACache if gqa else KVCache)(model.config, max_running, self.max_model_len, self.dtype, self.device)
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()  # held for a whole step; guards everything below
@@ -215,7 +222,7 @@ class Engine:
             raise ValueError("stop strings need a tokenizer")
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos and self.eos_token_id is not None:
-            stop_ids.add(self.eos_token_id)
+            stop_ids |= self.eos_token_ids
         generator = None
         if params.seed is not None and not params.greedy:
             generator = random.Random(params.seed)
@@ -397,7 +404,7 @@ class Engine:
             r.top_logprobs.append(top[:r.params.top_logprobs])
         self._generated += 1
         if t in r.stop_ids:
-            r.finish("stop", None if t == self.eos_token_id and t not in r.params.stop_token_ids else t)
+            r.finish("stop", None if t in self.eos_token_ids and t not in r.params.stop_token_ids else t)
         elif r.detok is not None and (stop := r.detok.add(t)) is not None:
             r.finish("stop", stop)
         elif len(r.output) >= r.params.max_tokens or len(r.prompt) + len(r.output) >= r.max_total:

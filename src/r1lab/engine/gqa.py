@@ -1,0 +1,93 @@
+"""The engine's pass for grouped-query attention models (Llama, Qwen2, Qwen3: r1lab.model.families).
+
+The cache holds, per layer and token, the rotated keys and the values of the num_key_value_heads KV
+heads only (a Qwen2.5-0.5B caches 2 heads where its queries have 14). Queries of the heads that share a
+KV head attend together: (B, kvh, group * T, hd) against (B, kvh, L, hd), one batched matmul per layer.
+Like the MLA runner, it reads the model's live parameters (the fused gate/up projection is re-derived
+when an optimizer step or load_state_dict changed them in place), so GRPO samples with the weights it
+trains.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..model.families import FamilyLM
+from .cache import KVCache
+from .forward import Layer, Norm, derive_layer, swiglu
+
+
+class GQACache(KVCache):
+    """Keys and values of the KV heads: two tensors (layers, slots, length, kvh, head_dim)."""
+
+    def _row_shapes(self) -> list[tuple[int, ...]]:
+        cfg = self.cfg
+        return [(cfg.num_key_value_heads, cfg.head_dim), (cfg.num_key_value_heads, cfg.head_dim)]
+
+
+class GQARunner:
+    """Runner's interface (forward, refresh, maybe_refresh) for FamilyLM models."""
+
+    def __init__(self, model: FamilyLM, max_len: int):
+        self.model, self.cfg = model, model.config
+        param = next(model.parameters())
+        with torch.inference_mode():
+            cos, sin = model.rope(torch.arange(max_len, device=param.device))  # (max_len, hd / 2)
+        self.cos, self.sin = cos.to(param.dtype), sin.to(param.dtype)
+        self.layers: list[Layer] = []
+        self._versions: list[tuple[int, int]] = []
+        self.refresh()
+
+    @torch.inference_mode()
+    def refresh(self) -> None:
+        model = self.model
+        self.layers = [derive_layer(block, self.cfg) for block in model.model.layers]
+        self.embed, self.lm_head = model.model.embed_tokens.weight, model.lm_head.weight
+        self.final_norm = Norm.of(model.model.norm)
+        self._versions = [(p.data_ptr(), p._version) for p in self.model.parameters()]
+
+    def maybe_refresh(self) -> bool:
+        if [(p.data_ptr(), p._version) for p in self.model.parameters()] != self._versions:
+            self.refresh()
+            return True
+        return False
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, start: torch.Tensor, slot0: int, last: torch.Tensor | None,
+                cache: KVCache, kv_len: int, all_positions: bool = False) -> torch.Tensor:
+        """As Runner.forward: new tokens ids (B, T) of slots slot0.., first at position start[b]; returns the
+        logits (B, V) at position last[b] of each row (the last one if None), or with all_positions those of
+        every new token (B, T, V)."""
+        B, T = ids.shape
+        device = ids.device
+        positions = start[:, None] + torch.arange(T, device=device) if T > 1 else start[:, None]
+        bias = torch.zeros(B, 1, T, kv_len, dtype=self.lm_head.dtype, device=device)
+        bias.masked_fill_(torch.arange(kv_len, device=device) > positions[:, None, :, None], float("-inf"))
+        where = ((torch.arange(slot0, slot0 + B, device=device) * cache.length)[:, None] + positions).view(-1)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, hd / 2)
+        x = F.embedding(ids, self.embed)
+        for i, layer in enumerate(self.layers):
+            x = x + self._attend(layer, layer.attn_norm(x), cos, sin, cache.tensors[0][i], cache.tensors[1][i],
+                                 where, bias, slot0, kv_len)
+            x = x + swiglu(layer.mlp_norm(x), layer.gate_up, layer.down)
+        if all_positions:
+            return F.linear(self.final_norm(x), self.lm_head)
+        x = x.view(B, -1) if T == 1 else x[torch.arange(B, device=device), last]
+        return F.linear(self.final_norm(x), self.lm_head)
+
+    def _attend(self, layer: Layer, h, cos, sin, k_cache, v_cache, where, bias, slot0, kv_len):
+        B, T, _ = h.shape
+        attn = layer.attn
+        q, k, v = attn.qkv(h, cos, sin)  # the module's own projections, q/k norms and RoPE
+        kvh, hd = k.shape[1], k.shape[-1]
+        k_cache.view(-1, kvh, hd).index_copy_(0, where, k.transpose(1, 2).reshape(B * T, kvh, hd))
+        v_cache.view(-1, kvh, hd).index_copy_(0, where, v.transpose(1, 2).reshape(B * T, kvh, hd))
+        keys = k_cache[slot0:slot0 + B, :kv_len].transpose(1, 2)  # (B, kvh, L, hd)
+        values = v_cache[slot0:slot0 + B, :kv_len].transpose(1, 2)
+        group = q.shape[1] // kvh
+        q = q.reshape(B, kvh, group * T, hd)  # query heads j*group..(j+1)*group-1 share KV head j
+        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(attn.softmax_scale)  # (B, kvh, group*T, L)
+        scores = scores.view(B, kvh, group, T, kv_len).add_(bias[:, :, None])
+        probs = scores.float().softmax(-1).to(q.dtype).view(B, kvh, group * T, kv_len)
+        out = torch.matmul(probs, values).view(B, kvh * group, T, hd)  # (B, nh, T, hd)
+        return F.linear(out.transpose(1, 2).reshape(B, T, -1), attn.o_proj.weight, attn.o_proj.bias)
