@@ -94,7 +94,7 @@ class ChatTokenizer:
         self.think_token_id, self.end_think_token_id = self._id(THINK), self._id(END_THINK)
         self.model_max_length = min(int(config.get("model_max_length") or 4096), 1 << 30)
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces"))
-        self.system_prompt = None if THINK in template else R1_SYSTEM_PROMPT
+        self.system_prompt = None if THINK in template or END_THINK in template else R1_SYSTEM_PROMPT
         self.response_prefix = self._response_prefix()
 
     def _id(self, token: str | None) -> int | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .engine import Engine, SamplingParams
 from .rewards import columns_of
-from .tokenizer import THINK_PREFIX, Tokenizer
+from .tokenizer import Tokenizer, response_prefix_of
 
 
 @dataclass
@@ -22,8 +22,8 @@ class Rollout:
 
     problems: list[dict]
     k: int
-    prompt_ids: list[list[int]]  # one per problem: the chat template up to the pre-filled THINK_PREFIX
-    texts: list[str]  # full responses: THINK_PREFIX + the generated text (what rewards read)
+    prompt_ids: list[list[int]]  # one per problem: the chat template up to the assistant turn (and what it pre-fills)
+    texts: list[str]  # full responses: response_prefix + the generated text (what rewards read)
     token_ids: list[list[int]]  # the generated tokens
     finish_reasons: list[str]  # "stop" or "length"
     columns: dict[str, list]  # the reward columns (answer, task, ...), repeated k times
@@ -43,7 +43,8 @@ class Rollout:
 
 
 def chat_prompt(tokenizer: Tokenizer, problem: dict) -> list[int]:
-    """A problem's prompt as token ids: one user turn, then the assistant turn with THINK_PREFIX pre-filled."""
+    """A problem's prompt as token ids: one user turn, then the opened assistant turn (with what the template
+    pre-fills, e.g. THINK_PREFIX)."""
     return tokenizer.apply_chat_template([{"role": "user", "content": problem["prompt"]}], add_generation_prompt=True)
 
 
@@ -59,7 +60,8 @@ def rollout(engine: Engine, tokenizer: Tokenizer, problems: list[dict], k: int, 
         params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed_of(i, j))
                   for i in range(len(problems)) for j in range(k)]
     outs = engine.generate([ids for ids in prompt_ids for _ in range(k)], params, progress=progress)
-    texts = [THINK_PREFIX + o.text for o in outs]
+    prefix = response_prefix_of(tokenizer)
+    texts = [prefix + o.text for o in outs]
     columns = columns_of(problems, k)
     return Rollout(problems, k, prompt_ids, texts, [list(o.token_ids) for o in outs], [o.finish_reason for o in outs],
                    columns, scorer(texts, **columns) if scorer is not None else None)

@@ -161,3 +161,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
         if token["content"] in (THINK, END_THINK):
             token["special"] = False
     return Tokenizer(HFTokenizer.from_str(json.dumps(spec)))
+
+
+def response_prefix_of(tokenizer) -> str:
+    """What the tokenizer's chat template pre-fills in the assistant turn: THINK_PREFIX for r1lab's template
+    and R1-Distill's, "" where the model opens the thinking itself (Qwen3); a response is this + the
+    generated text (chat_tokenizer.ChatTokenizer.response_prefix)."""
+    return getattr(tokenizer, "response_prefix", THINK_PREFIX)

@@ -39,7 +39,10 @@ class ReasoningSplitter:
     whitespace between "</think>" and the answer), "answer".
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefilled: bool = True) -> None:
+        # prefilled=False: the template does not open the thinking (Qwen3, Qwen2.5): a completion that does not
+        # start with "<think>" is all answer
+        self.prefilled = prefilled
         self.state = "start"
         self.pending = ""  # held back: could still be the start of a tag
         self.reasoning = ""
@@ -63,7 +66,7 @@ class ReasoningSplitter:
                 self.pending = buf
                 return delta
             else:
-                self.state = "thinking"
+                self.state = "thinking" if self.prefilled else "answer"
         if self.state == "thinking":
             at = buf.find(END_THINK)
             if at < 0:
@@ -93,9 +96,9 @@ class ReasoningSplitter:
         return delta
 
 
-def split_reasoning(text: str) -> tuple[str, str]:
+def split_reasoning(text: str, prefilled: bool = True) -> tuple[str, str]:
     """(reasoning, answer) of a whole completion."""
-    splitter = ReasoningSplitter()
+    splitter = ReasoningSplitter(prefilled)
     splitter.feed(text)
     splitter.finish()
     return splitter.reasoning, splitter.content

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import tasks
-from ..tokenizer import EOS, THINK_PREFIX, render_chat
+from ..tokenizer import EOS, THINK_PREFIX, render_chat, response_prefix_of
 
 IGNORE = -100
 
@@ -146,9 +146,14 @@ def split_chat(row: dict) -> tuple[list[dict], str]:
     return messages, str(response)
 
 
-def completion_text(response: str) -> str:
-    """The part of the assistant response after the prefilled "<think>\\n"; a response without any thinking
-    gets an empty thought, so the model still learns to close the block."""
+def completion_text(response: str, prefix: str = THINK_PREFIX) -> str:
+    """The part of the assistant response after what the chat template pre-fills (`prefix`, "<think>\\n" for
+    R1-style templates; "" where the model opens the thinking itself, as Qwen3 does); a response without
+    any thinking gets an empty thought, so the model still learns to close the block."""
+    if prefix != THINK_PREFIX:
+        text = response if "</think>" in response else "<think>\n</think>\n" + response
+        text = text if text.startswith("<think>") else "<think>\n" + text
+        return text[len(prefix):] if text.startswith(prefix) else text
     if response.startswith(THINK_PREFIX):
         return response[len(THINK_PREFIX):]
     if response.startswith("<think>"):
@@ -182,7 +187,8 @@ def chat_example(row: dict, tokenizer) -> Example:
     messages, response = split_chat(row)
     # prompt and completion are tokenized apart, exactly as the engine sees them when it generates
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    return Example(prompt, tokenizer.encode(completion_text(response)) + [tokenizer.eos_token_id])
+    completion = completion_text(response, response_prefix_of(tokenizer))
+    return Example(prompt, tokenizer.encode(completion) + [tokenizer.eos_token_id])
 
 
 # ---------------------------------------------------------------- batches
