@@ -205,7 +205,8 @@ print(sum(p.numel() for p in model.parameters()), (after - before) * 1024)
 
 
 def test_loading_bf16_does_not_hold_two_fp32_copies(tmp_path):
-    """A ~50M-parameter bf16 checkpoint: the peak memory of loading it in fp32 stays well under two fp32 copies."""
+    """A ~50M-parameter bf16 checkpoint loaded in fp32: the peak RSS grows by about 1.6 fp32 copies (the fp32
+    weights plus the mapped bf16 file), not 2 (reading every bf16 tensor first, then converting, measured 1.98)."""
     hf = make_model(tmp_path / "m", "qwen2", "chatml", vocab_size=32000, hidden_size=512, intermediate_size=1536,
                     num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
     hf.to(torch.bfloat16).save_pretrained(tmp_path / "m")
@@ -216,4 +217,4 @@ def test_loading_bf16_does_not_hold_two_fp32_copies(tmp_path):
     params, grown = map(int, done.stdout.split())
     assert 40e6 < params < 70e6
     fp32 = 4 * params
-    assert grown < 1.6 * fp32, f"loading grew the peak RSS by {grown / 2**20:.0f} MiB for {fp32 / 2**20:.0f} MiB of fp32"
+    assert grown < 1.75 * fp32, f"loading grew the peak RSS by {grown / 2**20:.0f} MiB for {fp32 / 2**20:.0f} MiB of fp32"

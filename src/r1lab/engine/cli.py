@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..tokenizer import THINK_PREFIX
+from ..model.families import generation_defaults
+from ..tokenizer import response_prefix_of
 from .engine import Engine
 from .sampling import SamplingParams
 
@@ -15,8 +16,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt as a user message in the chat template (the answer starts inside <think>)")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6, as DeepSeek-R1 advises)")
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy (default: the checkpoint's generation_config.json for open models, else 0.6 "
+                             "as DeepSeek-R1 advises)")
+    parser.add_argument("--top-p", type=float, default=None, help="default: as --temperature, else 0.95")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -36,10 +39,13 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
     else:
         prompt_ids = tokenizer.encode(args.prompt)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+    defaults = {"temperature": 0.6, "top_p": 0.95, **generation_defaults(model)}
+    temperature = defaults["temperature"] if args.temperature is None else args.temperature
+    top_p = defaults["top_p"] if args.top_p is None else args.top_p
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=temperature, top_p=top_p,
                             top_k=args.top_k, seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
     if args.chat:  # the template pre-fills the opening of the thinking; show it
-        sys.stdout.write(THINK_PREFIX)
+        sys.stdout.write(response_prefix_of(tokenizer))
     finish = None
     for event in engine.submit(prompt_ids, params).events():
         sys.stdout.write(event.text)

@@ -11,8 +11,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="addition", help="comma-separated built-in task names and/or .jsonl/.parquet datasets")
     p.add_argument("--n", type=int, default=100, help="problems per task (default 100)")
     p.add_argument("--k", type=int, default=8, help="samples per problem for pass@1 and maj@k (0 = greedy only)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="default: the checkpoint's generation_config.json for open models (Qwen, Llama), else 1.0")
+    p.add_argument("--top-p", type=float, default=None, help="default: as --temperature, else 1.0")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy pass")
     p.add_argument("--seed", type=int, default=0)
@@ -28,11 +29,15 @@ def run_eval(args) -> int:
     from .. import load
     from ..config import parse_knobs
     from ..engine import Engine
+    from ..model.families import generation_defaults
     from .evaluate import evaluate, load_problems, write_results
 
     knobs = parse_knobs(args.knob)
     model, tokenizer = load(args.checkpoint)
     engine = Engine(model, tokenizer)
+    defaults = {"temperature": 1.0, "top_p": 1.0, **generation_defaults(model)}
+    for key in ("temperature", "top_p"):
+        setattr(args, key, defaults[key] if getattr(args, key) is None else getattr(args, key))
     results = []
     for spec in [s.strip() for s in args.tasks.split(",") if s.strip()]:
         problems = load_problems(spec, args.n, seed=args.seed, **knobs)

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..model.families import generation_defaults
 from .errors import APIError, install_error_handlers
 from .generation import Job, JobStream, ServerState, chat_full, chat_stream, text_full, text_stream, with_disconnect_watch
 from .metrics import MetricsMiddleware
@@ -165,15 +166,20 @@ def _admit(state: ServerState, request: Request, prompts: list[list[int]], body:
             raise APIError(400, f"This model's maximum context length is {state.max_model_len} tokens; the prompt has "
                            f"{len(p)} tokens{room}", param="messages",
                            code="context_length_exceeded")
+    # sampling knobs the request leaves out come from the checkpoint's generation_config.json (open models)
+    told = body.model_fields_set
+    defaults = generation_defaults(state.engine.model)
+    temperature = body.temperature if "temperature" in told else defaults.get("temperature", body.temperature)
+    top_p = body.top_p if "top_p" in told else defaults.get("top_p", body.top_p)
     # a temperature this close to 0 would overflow logits / T: it means greedy (as vLLM treats it)
-    temperature = 0.0 if body.temperature < 1e-5 else body.temperature
+    temperature = 0.0 if temperature < 1e-5 else temperature
     seqs, params = [], []
     for p in prompts:
         room = state.max_model_len - len(p)
         for i in range(body.n):
             seed = None if body.seed is None else (body.seed + i) % (2**63)
             params.append(SamplingParams(max_tokens=room if max_tokens is None else min(max_tokens, room),
-                                         temperature=temperature, top_p=body.top_p, top_k=body.top_k, seed=seed,
+                                         temperature=temperature, top_p=top_p, top_k=body.top_k, seed=seed,
                                          stop=body.stop_list(), ignore_eos=body.ignore_eos, logprobs=top_logprobs is not None,
                                          top_logprobs=top_logprobs or 0, prompt_logprobs=scored))
             seqs.append(p)
