@@ -1,0 +1,156 @@
+"""A tiny Qwen2 with a Qwen-style ChatML template (no <think>: the R1 format comes from Open-R1's system
+prompt) and a tiny R1-Distill-style Qwen2 (the template pre-fills "<think>\\n") through the commands:
+`r1lab sft` (and its exact --resume), `r1lab grpo`, `r1lab eval` on a GSM8K-format file, `r1lab serve`
+with the official openai client."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from hf_tiny import make_model
+
+openai = pytest.importorskip("openai")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+STYLES = ["chatml", "r1distill"]
+GSM8K = [{"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3 + 4 = 7\n#### 7"},
+         {"question": "What is 10 + 25?", "answer": "10 + 25 = 35\n#### 35"}]
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "r1lab.cli", *map(str, args)]
+
+
+def _run(*args, timeout=600):
+    done = subprocess.run(_cli(*args), capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", STYLES)
+def test_sft_resume_grpo_eval(tmp_path, style):
+    make_model(tmp_path / "init", "qwen2", style)
+    sft = ["sft", "--init", tmp_path / "init", "data.tasks=addition", "max_steps=40", "save_every=20", "seq_len=512",
+           "batch_size=8", "seed=3"]
+    _run(*sft, "--out", tmp_path / "sft")
+    losses = [r["loss"] for r in _metrics(tmp_path / "sft")]
+    assert losses[-1] < 0.7 * losses[0]
+    config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]
+
+    # --resume after a SIGKILL is bitwise exact
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*sft, "--out", killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_20" / "r1lab_manifest.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    _run(*sft, "--out", killed, "--resume")
+    assert (killed / "final" / "model.safetensors").read_bytes() == \
+        (tmp_path / "sft" / "final" / "model.safetensors").read_bytes()
+
+    # GRPO samples with the engine on the live weights; the reward it optimises moves
+    _run("grpo", "--init", tmp_path / "sft" / "final", "--out", tmp_path / "grpo", "grpo.tasks=addition",
+         "max_steps=12", "lr=3e-3", "grpo.rewards={tag_count: 1.0}", "grpo.group_size=4", "grpo.prompts_per_step=4",
+         "grpo.max_new_tokens=48", "grpo.max_sampling_rounds=2", "log_every=1", "seed=1")
+    rewards = [r["reward"] for r in _metrics(tmp_path / "grpo")]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
+
+    # eval on a GSM8K-format file; the scored text is the whole response (the template's prefix included)
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in GSM8K))
+    _run("eval", tmp_path / "grpo" / "final", "--tasks", data, "--n", "2", "--k", "2", "--max-tokens", "24",
+         "--out", tmp_path / "eval" / "out.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "out.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in rows] == ["7", "35"]
+    prefix = "<think>\n" if style == "r1distill" else ""
+    assert all(s.startswith(prefix) for r in rows for s in r["samples"])
+
+
+# ---------------------------------------------------------------- serve
+
+def _scripted(folder, style, text: str) -> None:
+    """A Qwen2 checkpoint that answers the USER prompt with exactly `text` then EOS (a bigram chain)."""
+    import r1lab
+    from r1lab.model import save_checkpoint
+
+    make_model(folder, "qwen2", style, tie_word_embeddings=False)
+    model, tokenizer = r1lab.load(folder)
+    last = tokenizer.apply_chat_template(USER, add_generation_prompt=True)[-1]
+    chain = [last] + tokenizer.encode(text) + [tokenizer.eos_token_id]
+    assert len(set(chain)) == len(chain), "a bigram chain needs distinct tokens"
+    H = model.config.hidden_size
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.zero_()  # blocks add nothing: the last hidden state is the token's embedding
+        basis = torch.linalg.qr(torch.randn(H, H))[0].T * H**0.5
+        model.lm_head.weight.zero_()
+        for k, (token, following) in enumerate(zip(chain, chain[1:])):
+            model.model.embed_tokens.weight[token] = basis[k]
+            model.lm_head.weight[following] = 30.0 * basis[k] / H
+    save_checkpoint(model, tokenizer, folder)
+
+
+USER = [{"role": "user", "content": "What is 2 + 3?"}]
+CASES = {  # style -> (what the model writes, expected reasoning_content, expected content)
+    "r1distill": ("brown fox</think>Lazy!", "brown fox", "Lazy!"),
+    "chatml": ("<think>brown fox</think>Lazy!", "brown fox", "Lazy!"),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("style", [pytest.param("chatml", marks=pytest.mark.slow), "r1distill"])
+def test_serve_splits_reasoning_for_the_template(tmp_path, style):
+    text, reasoning, content = CASES[style]
+    _scripted(tmp_path / "m", style, text)
+    port = _free_port()
+    proc = subprocess.Popen(_cli("serve", tmp_path / "m", "--port", port, "--model-name", "tiny"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        r = client.chat.completions.create(model="tiny", messages=USER, temperature=0)
+        assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == (reasoning, content)
+        assert r.choices[0].finish_reason == "stop"
+        stream = client.chat.completions.create(model="tiny", messages=USER, temperature=0, stream=True)
+        deltas = [c.choices[0].delta for c in stream if c.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == reasoning
+        assert "".join(d.content or "" for d in deltas) == content
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
