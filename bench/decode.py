@@ -8,7 +8,13 @@ batch 1 and batch 32 (prompts of mixed lengths; transformers gets them left-padd
 steadier than wall time on a busy machine. Also reports the KV-cache bytes per token of the engine's
 actual cache tensors for MLA and for the same model with attention=mha.
 
-    python bench/decode.py                       # both presets, about 3-4 minutes on 2 cores
+The "qwen2-30m" preset is an open-model baseline: a Qwen2ForCausalLM of about 30M parameters with
+grouped-query attention (8 query heads, 2 KV heads), built by transformers with random weights and run
+by r1lab through its Qwen2 family and grouped-query KV cache (its KV bytes per token are those of that
+cache; there is no MLA/MHA pair for it).
+
+    python bench/decode.py                       # the three presets, about 5-6 minutes on 2 cores
+    python bench/decode.py --presets qwen2-30m
     python bench/decode.py --presets cpu-tiny --repeats 1
     python bench/decode.py --threads 2          # both engines multi-threaded
 
@@ -62,6 +68,7 @@ def ours(folder: Path, prompts: list[list[int]], new_tokens: int):
     def go():
         return [c.token_ids for c in engine.generate(prompts, params)]
 
+    go.kv_bytes_per_token = engine.cache.bytes_per_token
     return go
 
 
@@ -97,15 +104,37 @@ def kv_bytes_per_token(name: str, vocab: int, attention: str) -> int:
     return sum(t[:, 0, 0].numel() * t.element_size() for t in engine.cache.tensors)
 
 
+QWEN2_30M = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=9, num_attention_heads=8,
+                 num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def qwen2_folder(folder: Path) -> tuple[Path, int]:
+    """A random ~30M-parameter Qwen2ForCausalLM saved by transformers; (folder, vocab size)."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**QWEN2_30M)).eval()
+    with torch.no_grad():  # transformers' init leaves biases at zero; give them values, as trained ones have
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.02)
+    model.save_pretrained(folder)
+    return folder, QWEN2_30M["vocab_size"]
+
+
 def bench_preset(name: str, args, workdir: Path) -> dict:
     from r1lab.model import Transformer, preset, save_checkpoint
 
-    torch.manual_seed(0)
-    cfg = preset(name)
-    model = Transformer(cfg).eval()
-    folder = save_checkpoint(model, None, workdir / name)
-    del model
-    prompts = prompts_for(cfg.vocab_size, args.batch)
+    if name == "qwen2-30m":
+        folder, vocab = qwen2_folder(workdir / name)
+    else:
+        torch.manual_seed(0)
+        cfg = preset(name)
+        model = Transformer(cfg).eval()
+        folder = save_checkpoint(model, None, workdir / name)
+        vocab = cfg.vocab_size
+        del model
+    prompts = prompts_for(vocab, args.batch)
     row = {"preset": name}
     for batch in (1, args.batch):
         batch_prompts = prompts[:batch]
@@ -126,15 +155,18 @@ def bench_preset(name: str, args, workdir: Path) -> dict:
         print(f"  {name} batch {batch}: r1lab {n / t_ours.wall:8.1f} tok/s   transformers {n / t_hf.wall:8.1f} tok/s   "
               f"ratio {row[f'ratio_b{batch}']:5.2f}x (cpu time {row[f'cpu_time_ratio_b{batch}']:5.2f}x)   "
               f"identical greedy sequences {row[f'same_tokens_b{batch}']:.0%}", file=sys.stderr, flush=True)
-    row["kv_bytes_per_token_mla"] = kv_bytes_per_token(name, cfg.vocab_size, "mla")
-    row["kv_bytes_per_token_mha"] = kv_bytes_per_token(name, cfg.vocab_size, "mha")
+    if name == "qwen2-30m":
+        row["kv_bytes_per_token_gqa"] = run_ours.kv_bytes_per_token
+        return row
+    row["kv_bytes_per_token_mla"] = kv_bytes_per_token(name, vocab, "mla")
+    row["kv_bytes_per_token_mha"] = kv_bytes_per_token(name, vocab, "mha")
     row["mla_over_mha_kv"] = row["kv_bytes_per_token_mla"] / row["kv_bytes_per_token_mha"]
     return row
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["cpu-tiny", "cpu-20m"])
+    p.add_argument("--presets", nargs="+", default=["cpu-tiny", "cpu-20m", "qwen2-30m"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement; the best counts")
@@ -156,7 +188,8 @@ def main() -> int:
     for r in rows:
         for batch in (1, b):
             kv = (f"{r['kv_bytes_per_token_mla']:>13} {r['kv_bytes_per_token_mha']:>7} {r['mla_over_mha_kv']:>8.3f}"
-                  if batch == 1 else "")
+                  if batch == 1 and "mla_over_mha_kv" in r else
+                  f"{'gqa ' + str(r['kv_bytes_per_token_gqa']):>13}" if batch == 1 else "")
             print(f"{r['preset']:<10} {batch:>5} {r[f'ours_tps_b{batch}']:>12.1f} {r[f'hf_tps_b{batch}']:>10.1f} "
                   f"{r[f'ratio_b{batch}']:>6.2f}x {r[f'cpu_time_ratio_b{batch}']:>14.2f}x {kv}")
     summary = {
@@ -165,7 +198,7 @@ def main() -> int:
         f"ratio_b{b}": min(r[f"ratio_b{b}"] for r in rows),
         "cpu_time_ratio_b1": min(r["cpu_time_ratio_b1"] for r in rows),
         f"cpu_time_ratio_b{b}": min(r[f"cpu_time_ratio_b{b}"] for r in rows),
-        "mla_over_mha_kv": max(r["mla_over_mha_kv"] for r in rows),
+        "mla_over_mha_kv": max((r["mla_over_mha_kv"] for r in rows if "mla_over_mha_kv" in r), default=None),
         "threads": args.threads,
         "new_tokens": args.new_tokens,
         "presets": {r["preset"]: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "preset"}
