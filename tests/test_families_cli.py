@@ -82,6 +82,20 @@ def test_sft_resume_grpo_eval(tmp_path, style):
     assert all(s.startswith(prefix) for r in rows for s in r["samples"])
 
 
+@pytest.mark.slow
+def test_r1_zero_grpo_on_a_gsm8k_file_from_an_instruct_model(tmp_path):
+    """The README's R1-Zero recipe in miniature: GRPO straight from a ChatML "instruct" model on a GSM8K file."""
+    make_model(tmp_path / "init", "qwen2", "chatml")
+    data = tmp_path / "gsm8k_train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in GSM8K))
+    _run("grpo", "--init", tmp_path / "init", "--out", tmp_path / "grpo", f"grpo.tasks={data}", "max_steps=2",
+         "grpo.group_size=2", "grpo.prompts_per_step=2", "grpo.max_new_tokens=8", "grpo.max_sampling_rounds=1",
+         "grpo.dynamic_sampling=false", "log_every=1")
+    rows = _metrics(tmp_path / "grpo")
+    assert [r["step"] for r in rows] == [1, 2] and all("accuracy_gsm8k_train" in r or "accuracy" in r for r in rows)
+    assert json.loads((tmp_path / "grpo" / "final" / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+
+
 # ---------------------------------------------------------------- serve
 
 def _scripted(folder, style, text: str) -> None:

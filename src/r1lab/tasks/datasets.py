@@ -18,6 +18,7 @@ DatasetError naming the file and the line (JSONL) or row (Parquet).
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -165,3 +166,19 @@ def _normalize(records: Iterator[tuple[str, Any]], format: str) -> Iterator[dict
             raise DatasetError(f"{where}: {error} (format {format})") from None
         row.update({key: record[key] for key in PASSTHROUGH if record.get(key) is not None})
         yield row
+
+
+DATASET_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet", ".pq")
+
+
+def dataset_stream(path: str | Path, seed: int) -> Iterator[dict[str, Any]]:
+    """A dataset file's problems endlessly, each pass in a fresh seeded order, their task named after the
+    file's stem: how `grpo.tasks=data/gsm8k_train.jsonl` trains on a dataset instead of a built-in task."""
+    rows = [dict(row, task=row.get("task") or Path(path).stem) for row in load_dataset(path)]
+    if not rows:
+        raise DatasetError(f"{path}: no problems in this file")
+    rng = random.Random(seed)
+    while True:
+        order = list(rows)
+        rng.shuffle(order)
+        yield from order

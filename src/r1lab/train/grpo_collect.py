@@ -14,6 +14,7 @@ from ..config import ConfigError
 from ..engine import Engine
 from ..rewards import get as get_reward
 from ..rollout import rollout
+from ..tasks.datasets import DATASET_SUFFIXES, dataset_stream
 from ..tokenizer import Tokenizer
 from .grpo_config import GRPOSection
 from .grpo_loss import overlong_penalty
@@ -32,7 +33,8 @@ class PromptStream:
             raise ConfigError("grpo.task_weights needs one weight per task in grpo.tasks")
         self.weights, self.seed, self.rank, self.world = weights, seed, rank, world
         self.knobs = cfg.knobs
-        self._make = lambda name, s: tasks.get(name)(seed=s, split="train", **cfg.knobs.get(name, {}))
+        self._make = lambda name, s: (dataset_stream(name, s) if name.endswith(DATASET_SUFFIXES)
+                                      else tasks.get(name)(seed=s, split="train", **cfg.knobs.get(name, {})))
         self.position = 0
         self._iters: dict[str, Any] = {}
         self._drawn: dict[str, int] = {}
