@@ -10,7 +10,8 @@ import torch
 CHATML = (  # Qwen2.5-Instruct's template without the tool branches: no <think> anywhere
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- for message in messages %}"
     "{%- if not (message.role == 'system' and loop.first) %}"
@@ -21,7 +22,8 @@ CHATML = (  # Qwen2.5-Instruct's template without the tool branches: no <think> 
 QWEN3 = (  # Qwen3's shape: ChatML, earlier thinking dropped, the model opens <think> itself
     "{%- for message in messages %}"
     "{%- set content = message.content %}"
-    "{%- if message.role == 'assistant' and '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if message.role == 'assistant' and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
     "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -44,8 +46,9 @@ STYLES = {
                ["<|im_end|>", "<|endoftext|>"]),
     "qwen3": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", None, "<|endoftext|>", QWEN3,
               ["<|im_end|>", "<|endoftext|>"]),
-    "r1distill": (["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜▁pad▁｜>"],
-                  "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "<｜▁pad▁｜>", R1_DISTILL, ["<｜end▁of▁sentence｜>"]),
+    "r1distill": (["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>",
+                   "<｜▁pad▁｜>"], "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "<｜▁pad▁｜>", R1_DISTILL,
+                  ["<｜end▁of▁sentence｜>"]),
 }
 CORPUS = [
     "What is 4821 + 1379? <think>\n1+9=10, write 0 carry 1\n</think>\nThe answer is \\boxed{6200}.",
