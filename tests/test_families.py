@@ -218,3 +218,17 @@ def test_loading_bf16_does_not_hold_two_fp32_copies(tmp_path):
     assert 40e6 < params < 70e6
     fp32 = 4 * params
     assert grown < 1.75 * fp32, f"loading grew the peak RSS by {grown / 2**20:.0f} MiB for {fp32 / 2**20:.0f} MiB of fp32"
+
+
+def test_a_tokenizer_without_chat_template_loads_and_says_so_when_asked_to_chat(tmp_path):
+    from hf_tiny import make_tokenizer
+    from r1lab.chat_tokenizer import load_tokenizer
+
+    make_tokenizer(tmp_path, "chatml")
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.decode(tokenizer.encode("What is 2 + 3?")) == "What is 2 + 3?"
+    with pytest.raises(ValueError, match="no chat_template"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)

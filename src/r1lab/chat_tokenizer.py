@@ -76,10 +76,8 @@ class ChatTokenizer:
         template = chat_template or config.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": …}, …]
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
-        if not template:
-            raise ValueError("the tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja)")
-        self.chat_template = template
-        self._template = compile_template(template)
+        self.chat_template = template or None  # a base model may have none: chat commands then say so
+        self._template = compile_template(template) if template else None
         self.specials = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
         self.bos_token, self.eos_token = self.specials["bos_token"], self.specials["eos_token"]
         self.pad_token = self.specials["pad_token"] or self.eos_token
@@ -94,8 +92,8 @@ class ChatTokenizer:
         self.think_token_id, self.end_think_token_id = self._id(THINK), self._id(END_THINK)
         self.model_max_length = min(int(config.get("model_max_length") or 4096), 1 << 30)
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces"))
-        self.system_prompt = None if THINK in template or END_THINK in template else R1_SYSTEM_PROMPT
-        self.response_prefix = self._response_prefix()
+        self.system_prompt = None if THINK in (template or "") or END_THINK in (template or "") else R1_SYSTEM_PROMPT
+        self.response_prefix = self._response_prefix() if template else ""
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -132,6 +130,9 @@ class ChatTokenizer:
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
         """The template's text for `messages` (as transformers' apply_chat_template(tokenize=False))."""
+        if self._template is None:
+            raise ValueError("this tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja): "
+                             "pass raw text, or add a template")
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
 
@@ -150,7 +151,7 @@ class ChatTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(folder / "tokenizer.json"))
-        config = dict(self.config, chat_template=self.chat_template)
+        config = dict(self.config, chat_template=self.chat_template) if self.chat_template else dict(self.config)
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         specials = {k: v for k, v in self.specials.items() if v is not None}
         (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n")
