@@ -232,3 +232,22 @@ def test_a_tokenizer_without_chat_template_loads_and_says_so_when_asked_to_chat(
     assert tokenizer.decode(tokenizer.encode("What is 2 + 3?")) == "What is 2 + 3?"
     with pytest.raises(ValueError, match="no chat_template"):
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("style", ["qwen3", "r1distill"])
+def test_sft_examples_train_what_the_template_leaves_to_the_model(tmp_path, style):
+    """R1-Distill's template pre-fills "<think>\\n": the completion starts inside the thinking. Qwen3's does not:
+    the completion opens <think> itself. Either way prompt + completion is the whole turn."""
+    from hf_tiny import make_tokenizer
+    from r1lab.chat_tokenizer import load_tokenizer
+    from r1lab.train.data import chat_example
+
+    make_tokenizer(tmp_path, style)
+    tokenizer = load_tokenizer(tmp_path)
+    row = {"prompt": "What is 2 + 3?", "completion": "<think>\n2+3=5\n</think>\nThe answer is \\boxed{5}."}
+    example = chat_example(row, tokenizer)
+    completion = tokenizer.decode(example.completion)
+    assert completion.endswith(tokenizer.eos_token)
+    whole = tokenizer.decode(example.prompt + example.completion)
+    assert whole.endswith("<think>\n2+3=5\n</think>\nThe answer is \\boxed{5}." + tokenizer.eos_token)
+    assert completion.startswith("<think>") == (style == "qwen3")
