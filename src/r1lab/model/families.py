@@ -296,10 +296,10 @@ class FamilyLM(nn.Module):
         return (3 if training else 1) * (2 * n + attn)
 
 
-def generation_defaults(model: nn.Module) -> dict[str, float]:
+def generation_defaults(model: nn.Module | None) -> dict[str, float]:
     """temperature and top_p from the checkpoint's generation_config.json (open models only: r1lab's own
     checkpoints keep the commands' documented defaults), for generate, serve and eval to use unless told."""
-    gen = getattr(model.config, "generation", None) or {}
+    gen = getattr(getattr(model, "config", None), "generation", None) or {}
     if gen.get("do_sample") is False:
         return {"temperature": 0.0}
     return {k: float(gen[k]) for k in ("temperature", "top_p") if gen.get(k) is not None}

@@ -168,7 +168,7 @@ def _admit(state: ServerState, request: Request, prompts: list[list[int]], body:
                            code="context_length_exceeded")
     # sampling knobs the request leaves out come from the checkpoint's generation_config.json (open models)
     told = body.model_fields_set
-    defaults = generation_defaults(state.engine.model)
+    defaults = generation_defaults(getattr(state.engine, "model", None))  # test doubles may have no model
     temperature = body.temperature if "temperature" in told else defaults.get("temperature", body.temperature)
     top_p = body.top_p if "top_p" in told else defaults.get("top_p", body.top_p)
     # a temperature this close to 0 would overflow logits / T: it means greedy (as vLLM treats it)
