@@ -17,9 +17,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as Backend
 
-from .tokenizer import CHAT_TEMPLATE, Tokenizer
+from .tokenizer import CHAT_TEMPLATE, END_THINK, THINK, Tokenizer
 
-THINK, END_THINK = "<think>", "</think>"
 # Open-R1's SYSTEM_PROMPT (open-r1/src/open_r1/configs.py), which its GRPO recipes use for Qwen2.5-Instruct
 R1_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "

@@ -168,3 +168,8 @@ def response_prefix_of(tokenizer) -> str:
     and R1-Distill's, "" where the model opens the thinking itself (Qwen3); a response is this + the
     generated text (chat_tokenizer.ChatTokenizer.response_prefix)."""
     return getattr(tokenizer, "response_prefix", THINK_PREFIX)
+
+
+def thinking_prefilled(tokenizer) -> bool:
+    """Does the chat template open the thinking itself (r1lab, R1-Distill), or does the model (Qwen3)?"""
+    return THINK in response_prefix_of(tokenizer)

@@ -22,10 +22,8 @@ from collections.abc import AsyncIterator, Callable
 import torch
 
 from ..model import Transformer
-from .cache import KVCache
 from .detok import Detokenizer
-from .forward import Runner
-from .gqa import GQACache, GQARunner
+from .gqa import eos_ids, runner_and_cache
 from .progress import progress_bar
 from .request import Completion, EngineError, PromptTooLong, QueueFull, Request, RequestHandle, StreamEvent
 from .sampling import Sampler, SamplingParams
@@ -63,16 +61,9 @@ class Engine:
         self.max_running, self.max_cached_tokens = max_running, max_cached_tokens
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.max_waiting, self.max_prefill_tokens = max_waiting, max_prefill_tokens
-        config_eos = model.config.eos_token_id  # a list in some Hugging Face configs
-        config_eos = config_eos[0] if isinstance(config_eos, list) else config_eos
-        self.eos_token_id = tokenizer.eos_token_id if tokenizer is not None else config_eos
-        # every id that ends a turn (Qwen's chat models: <|im_end|> and <|endoftext|>)
-        self.eos_token_ids = frozenset(getattr(tokenizer, "eos_token_ids", None)
-                                       or getattr(model.config, "eos_token_ids", None) or [self.eos_token_id])
+        self.eos_token_id, self.eos_token_ids = eos_ids(model, tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-        gqa = model.config.attention == "gqa"  # Llama / Qwen2 / Qwen3: r1lab.model.families
-        self.runner = (GQARunner if gqa else Runner)(model, self.max_model_len)
-        self.cache = (GQACache if gqa else KVCache)(model.config, max_running, self.max_model_len, self.dtype, self.device)
+        self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len, self.dtype, self.device)
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()  # held for a whole step; guards everything below

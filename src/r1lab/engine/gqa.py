@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..model.families import FamilyLM
 from .cache import KVCache
-from .forward import Layer, Norm, derive_layer, swiglu
+from .forward import Layer, Norm, Runner, derive_layer, swiglu
 
 
 class GQACache(KVCache):
@@ -91,3 +91,19 @@ class GQARunner:
         probs = scores.float().softmax(-1).to(q.dtype).view(B, kvh, group * T, kv_len)
         out = torch.matmul(probs, values).view(B, kvh * group, T, hd)  # (B, nh, T, hd)
         return F.linear(out.transpose(1, 2).reshape(B, T, -1), attn.o_proj.weight, attn.o_proj.bias)
+
+
+def runner_and_cache(model, max_running: int, max_model_len: int, dtype: torch.dtype, device) -> tuple:
+    """The engine's runner and KV cache for `model`: grouped-query for Llama / Qwen2 / Qwen3
+    (r1lab.model.families), MLA for DeepSeek-V3."""
+    if model.config.attention == "gqa":
+        return GQARunner(model, max_model_len), GQACache(model.config, max_running, max_model_len, dtype, device)
+    return Runner(model, max_model_len), KVCache(model.config, max_running, max_model_len, dtype, device)
+
+
+def eos_ids(model, tokenizer) -> tuple[int | None, frozenset[int]]:
+    """(the EOS id, every id that ends a turn: Qwen's chat models stop on <|im_end|> and <|endoftext|>)."""
+    config_eos = model.config.eos_token_id  # a list in some Hugging Face configs
+    config_eos = config_eos[0] if isinstance(config_eos, list) else config_eos
+    eos = tokenizer.eos_token_id if tokenizer is not None else config_eos
+    return eos, frozenset(getattr(tokenizer, "eos_token_ids", None) or getattr(model.config, "eos_token_ids", None) or [eos])

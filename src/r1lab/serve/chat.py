@@ -14,6 +14,7 @@ import time
 
 from rich.console import Console
 
+from ..tokenizer import thinking_prefilled
 from .reasoning import ReasoningSplitter
 
 HELP = "commands: /reset  /temperature X  /max-tokens N  /exit"
@@ -101,8 +102,7 @@ def reply(engine, tokenizer, history, temperature, top_p, max_tokens, seed, cons
         console.print("[red]the conversation no longer fits the context: /reset to start again[/red]")
         return ""
     params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed)
-    prefilled = "<think>" in getattr(tokenizer, "response_prefix", "<think>\n")  # else the model opens it (Qwen3)
-    splitter, started, answering = ReasoningSplitter(prefilled), time.perf_counter(), False
+    splitter, started, answering = ReasoningSplitter(thinking_prefilled(tokenizer)), time.perf_counter(), False
     handle = engine.submit(prompt, params)
     finish = None
     try:

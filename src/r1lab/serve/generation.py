@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from .. import __version__
+from ..tokenizer import thinking_prefilled
 from .errors import APIError
 from .logprobs import TextLogprobBuilder, TokenText, chat_logprobs, prompt_logprobs
 from .metrics import Metrics
@@ -184,11 +185,6 @@ def _usage(state: ServerState, job: Job, completion_tokens: int, reasoning_token
                  total_tokens=job.prompt_tokens + completion_tokens, completion_tokens_details=details)
 
 
-def _prefilled(state: ServerState) -> bool:
-    """Does the chat template open the thinking itself (R1, R1-Distill), or does the model (Qwen3)?"""
-    return "<think>" in getattr(state.tokenizer, "response_prefix", "<think>\n")
-
-
 def _reasoning_tokens(state: ServerState, token_ids: list[int]) -> int:
     return reasoning_token_count(token_ids, state.tokenizer.end_think_token_id, state.tokenizer.decode)
 
@@ -197,7 +193,7 @@ async def chat_full(state: ServerState, job: Job) -> ChatCompletion:
     results = await _collect(state, job)
     choices, reasoning_tokens = [], 0
     for i, r in enumerate(results):
-        splitter = ReasoningSplitter(_prefilled(state))
+        splitter = ReasoningSplitter(thinking_prefilled(state.tokenizer))
         splitter.feed(r.text)
         splitter.finish()
         message = AssistantMessage(content=splitter.content, reasoning_content=splitter.reasoning or None)
@@ -278,7 +274,7 @@ def _dump(model) -> bytes:
 async def chat_stream(state: ServerState, job: Job, include_usage: bool) -> AsyncIterator[bytes]:
     ident, created = new_id("chatcmpl"), now()
     head = dict(id=ident, created=created, model=state.model_name, system_fingerprint=SYSTEM_FINGERPRINT)
-    splitters = [ReasoningSplitter(_prefilled(state)) for _ in job.prompts]
+    splitters = [ReasoningSplitter(thinking_prefilled(state.tokenizer)) for _ in job.prompts]
     token_ids: list[list[int]] = [[] for _ in job.prompts]
     yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
                                                      for i in range(len(job.prompts))]))
