@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as Backend
 
-from .tokenizer import CHAT_TEMPLATE, END_THINK, THINK, Tokenizer
+from .tokenizer import CHAT_TEMPLATE, END_THINK, THINK, BackendText, Tokenizer
 
 # Open-R1's SYSTEM_PROMPT (open-r1/src/open_r1/configs.py), which its GRPO recipes use for Qwen2.5-Instruct
 R1_SYSTEM_PROMPT = (
@@ -66,7 +66,7 @@ def compile_template(source: str):
     return env.from_string(source)
 
 
-class ChatTokenizer:
+class ChatTokenizer(BackendText):
     """r1lab's tokenizer interface (encode, decode, apply_chat_template, save, the special ids) over a
     checkpoint's own tokenizer files."""
 
@@ -103,19 +103,6 @@ class ChatTokenizer:
         suffix = opened[len(bare):] if opened.startswith(bare) else opened
         return suffix[suffix.index(THINK):] if THINK in suffix else ""
 
-    @property
-    def vocab_size(self) -> int:
-        return self.backend.get_vocab_size()
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
-
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         text = self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self.clean_up_spaces:  # transformers' clean_up_tokenization
@@ -123,9 +110,6 @@ class ChatTokenizer:
                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
                 text = text.replace(a, b)
         return text
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.backend.token_to_id(token)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
         """The template's text for `messages` (as transformers' apply_chat_template(tokenize=False))."""

@@ -58,7 +58,30 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str
     return "".join(parts)
 
 
-class Tokenizer:
+class BackendText:
+    """Text <-> ids through a `tokenizers.Tokenizer` held in `self.backend` (shared by r1lab's Tokenizer and
+    chat_tokenizer.ChatTokenizer)."""
+
+    backend: HFTokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+
+class Tokenizer(BackendText):
     """Thin wrapper over a `tokenizers.Tokenizer` with our special tokens and chat template."""
 
     def __init__(self, backend: HFTokenizer, model_max_length: int = 4096):
@@ -75,24 +98,8 @@ class Tokenizer:
         self.bos_token, self.eos_token, self.pad_token = BOS, EOS, PAD
         self.chat_template = CHAT_TEMPLATE
 
-    @property
-    def vocab_size(self) -> int:
-        return self.backend.get_vocab_size()
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
-
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.backend.token_to_id(token)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, tokenize: bool = True):
         text = render_chat(messages, add_generation_prompt)

@@ -26,6 +26,7 @@ from torch import nn
 from .attention import RMSNorm, apply_rope
 from .config import ModelConfig
 from .moe import MLP
+from .transformer import Transformer
 
 FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 SUPPORTED = ["DeepseekV3ForCausalLM", *FAMILIES.values()]
@@ -262,23 +263,9 @@ class FamilyLM(nn.Module):
         angles = positions.float()[..., None] * self.inv_freq
         return angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
 
-    def hidden_states(self, input_ids: torch.Tensor, position_ids=None, attn_mask=None):
-        B, T = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)
-        cos, sin = self.rope(position_ids)
-        if cos.dim() == 3:  # per-sequence positions: broadcast over heads
-            cos, sin = cos[:, None], sin[:, None]
-        x = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, attn_mask)
-        return x, (cos, sin)
-
-    def forward(self, input_ids: torch.Tensor, position_ids=None, attn_mask=None, select=None) -> torch.Tensor:
-        x, _ = self.hidden_states(input_ids, position_ids, attn_mask)
-        if select is not None:
-            x = x[select]
-        return self.lm_head(self.model.norm(x))
+    # the same embedding -> layers -> final norm -> head pass as DeepSeek-V3's (no MTP here)
+    hidden_states = Transformer.hidden_states
+    forward = Transformer.forward
 
     def loss(self, input_ids, labels, position_ids=None, attn_mask=None) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.forward(input_ids, position_ids, attn_mask)
