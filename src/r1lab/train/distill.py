@@ -7,6 +7,11 @@ The teacher is a local checkpoint (sampled with r1lab's engine) or any OpenAI-co
 thinking read from `reasoning_content`, or from <think> tags in `content`). For each problem it writes k
 traces; the verifier keeps the correct, well-formed ones; they become `traces.jsonl` (chat `messages`),
 and the student is fine-tuned on them with `r1lab sft`'s loop.
+
+    r1lab distill --method on-policy --teacher runs/r1/final --student runs/student-base/final --out runs/opd
+
+`--method on-policy` (train/onpolicy.py) has the student sample and the teacher score every sampled token
+instead (per-token reverse KL as the advantage of GRPO's update); its keys are grpo.* and onpolicy.*.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ..rewards import columns_of, get as get_reward
 from ..rollout import rollout
 from ..tokenizer import THINK_PREFIX
 from .data import DataConfig
+from .onpolicy import PRESETS as ONPOLICY_PRESETS, OnPolicyConfig, on_policy_distill
 from .sft import PRESETS as SFT_PRESETS, SFTConfig, sft
 
 
@@ -167,13 +173,23 @@ def distill(cfg: DistillConfig, out: str | Path, *, teacher: str, student: str |
 def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder, or an OpenAI-compatible base URL")
     p.add_argument("--student", required=True, metavar="CKPT", help="student checkpoint to fine-tune (e.g. a smaller base model)")
-    p.add_argument("--out", required=True, help="run folder: traces.jsonl, then the SFT run in sft/ (final model: sft/final)")
-    p.add_argument("--preset", default="cpu-micro", help=f"SFT preset for the student ({', '.join(PRESETS)}) or YAML")
-    p.add_argument("--resume", action="store_true", help="reuse traces.jsonl and resume the SFT run")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. teacher.k=8 teacher.tasks=addition,countdown max_steps=300")
+    p.add_argument("--out", required=True, help="run folder: traces.jsonl, then the SFT run in sft/ (final model: sft/final); "
+                                                "on-policy: the run itself (final model: final)")
+    p.add_argument("--method", choices=("sft", "on-policy"), default="sft",
+                   help="sft (default): SFT on the teacher's verified traces; on-policy: the student samples, the teacher "
+                        "scores every token (same tokenizer needed)")
+    p.add_argument("--preset", default="cpu-micro", help=f"preset for the student ({', '.join(PRESETS)}) or YAML")
+    p.add_argument("--resume", action="store_true", help="reuse traces.jsonl and resume the SFT run (on-policy: resume the run)")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. teacher.k=8 teacher.tasks=addition,countdown max_steps=300; "
+                                                "on-policy: grpo.tasks=addition grpo.group_size=4 onpolicy.reward_weight=0.5")
 
 
 def run_distill(args) -> int:
+    if args.method == "on-policy":
+        cfg = build(OnPolicyConfig, ONPOLICY_PRESETS, args.preset, args.overrides)
+        final = on_policy_distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume)
+        print(f"student: {final}")
+        return 0
     cfg = build(DistillConfig, PRESETS, args.preset, args.overrides)
     distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume)
     print(f"student: {Path(args.out) / 'sft' / 'final'}")

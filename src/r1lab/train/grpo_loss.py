@@ -68,13 +68,13 @@ def policy_loss(
     max_len: int | None = None,
     token_normaliser: float | None = None,
 ) -> LossOut:
-    """logp, old_logp, ref_logp, mask: (N, L); advantages: (N,). Returns the loss to minimise.
+    """logp, old_logp, ref_logp, mask: (N, L); advantages: (N,) or per token (N, L). Returns the loss to minimise.
 
     `token_normaliser` overrides the denominator of dr_grpo/dapo (e.g. the token count over all ranks
     or micro-batches, so that accumulated pieces add up to the full-batch loss)."""
     mask = mask.float()
     ratio = torch.exp(logp - old_logp)
-    adv = advantages[:, None]
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]  # per token (on-policy distillation) or per row
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
