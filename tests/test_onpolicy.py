@@ -155,6 +155,7 @@ def test_on_policy_distill_logs_its_metrics(pair, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # three runs in subprocesses: about 100 s on a loaded 2-core machine
 def test_on_policy_distill_resumes_bitwise_after_sigkill(pair, tmp_path):
     student_dir, teacher_dir = pair
     args = ["distill", "--method", "on-policy", "--teacher", str(teacher_dir), "--student", str(student_dir),

@@ -19,7 +19,7 @@ def test_builtin_recipes_ship_with_the_package():
 def test_cpu_recipe_stages(tmp_path):
     recipe = load_recipe("cpu")
     assert [s.name for s in recipe.stages] == ["base", "r1-zero", "r1-cold-start", "r1-grpo1", "r1-rs-sft", "r1",
-                                               "student-base", "student-distilled", "student-rl"]
+                                               "student-base", "student-distilled", "student-rl", "student-onpolicy"]
     assert recipe.final == "r1" and recipe.stage("r1").start == "r1-rs-sft"
     cfg = configs(recipe, tmp_path)
     base, _ = cfg["base"]
@@ -32,6 +32,25 @@ def test_cpu_recipe_stages(tmp_path):
     assert (rs.train.warmup_steps, rs.train.lr) == (16, 3e-4)
     assert traces == {"teacher": "r1-grpo1", "problems": 200, "k": 4, "seed": 1, "folder": "rejection", "add_cold_start": True}
     assert cfg["student-rl"][0].grpo.max_sampling_rounds == 4  # the GRPO default
+    onpolicy = recipe.stage("student-onpolicy")
+    assert (onpolicy.kind, onpolicy.start, onpolicy.teacher, onpolicy.budget) == ("onpolicy", "student-base", "r1",
+                                                                                 "student-distilled")
+    opd, _ = cfg["student-onpolicy"]
+    assert (opd.grpo.tasks, opd.grpo.max_new_tokens, opd.grpo.loss, opd.grpo.group_size) == ("addition,countdown", 128,
+                                                                                           "dapo", 4)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"teacher": "nobody"}, "teacher must name an earlier stage"),
+    ({"teacher": "base", "budget": "later"}, "budget must name an earlier stage"),
+])
+def test_onpolicy_stage_needs_an_earlier_teacher_and_budget(tmp_path, extra, message):
+    stage = "\n".join(f"    {k}: {v}" for k, v in extra.items())
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n  - name: base\n    kind: pretrain\n    preset: cpu-tiny\n"
+                    f"  - name: s\n    kind: onpolicy\n    preset: cpu-micro\n    from: base\n{stage}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(str(path))
 
 
 def test_smoke_recipe_extends_cpu(tmp_path):

@@ -49,3 +49,26 @@ def test_report_card(tmp_path, per_task):
     assert summary["cost"]["total_flops"] == pytest.approx(1e12 + 2e12 + 5e11)
     assert summary["cost"] == cost(stages)
     assert "- a note" in lines
+
+
+def test_three_students_table_and_finding(tmp_path):
+    from r1lab.eval.report import findings
+
+    def student(name, pass1, flops, wall):
+        evals = {t: {"pass1": pass1, "greedy": pass1, "maj": pass1, "mean_length": 50.0, "truncated": 0.0, "k": 4, "n": 100}
+                 for t in ("addition", "countdown")}
+        return Stage(name, name, wall, flops, 0.0, {}, None, evals)
+
+    stages = {s.name: s for s in (student("student-distilled", 0.5, 2e12, 36.0), student("student-rl", 0.1, 4e12, 50.0),
+                                  student("student-onpolicy", 0.7, 1e12, 36.0))}
+    found = findings(stages, ["addition", "countdown"], {"student-rl": "student-base"}, "student-distilled")
+    last = found[-1]
+    assert last.claim == "Students: student-onpolicy wins" and last.observation
+    # 95% half-interval over 200 problems at 70%: 1.96 * sqrt(0.7 * 0.3 / 200) = 6.4 points
+    assert "student-onpolicy 70.0% ± 6.4 at 1e+12 FLOPs (36 s)" in last.detail
+    assert "2.0x on-policy's FLOPs for student-distilled, 4.0x on-policy's FLOPs for student-rl" in last.detail
+    report = write_report(tmp_path / "run", list(stages.values()), found, ["addition", "countdown"],
+                          students=list(stages.values()))
+    lines = report.read_text().splitlines()
+    assert "| student-onpolicy | 70.0% ± 6.4 | 1e+12 | 36 s |" in lines
+    assert "| student-rl | 10.0% ± 4.2 | 4e+12 | 50 s |" in lines

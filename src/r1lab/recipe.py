@@ -16,7 +16,7 @@ import yaml
 
 from .config import ConfigError, coerce, parse_overrides
 
-KINDS = ("pretrain", "sft", "grpo")
+KINDS = ("pretrain", "sft", "grpo", "onpolicy")
 SFT_DATA = ("cold_start", "traces")
 TRACE_KEYS = {"teacher": str, "problems": int, "k": int, "seed": int, "folder": str, "add_cold_start": bool}
 
@@ -30,6 +30,8 @@ class StageSpec:
     set: list[str] = field(default_factory=list)  # key=value overrides, in the stage command's names
     data: str = ""  # sft: cold_start | traces
     traces: dict[str, Any] = field(default_factory=dict)  # data=traces: teacher, problems, k, seed, folder, add_cold_start
+    teacher: str = ""  # onpolicy: the earlier stage whose final checkpoint scores the student's tokens
+    budget: str = ""  # onpolicy: an earlier stage whose wall time is this one's time limit (grpo.time_limit_s)
 
 
 @dataclass
@@ -104,14 +106,15 @@ def _stage(raw: Any, where: str, earlier: list[str]) -> StageSpec:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ConfigError(f"{where}: every stage needs a `name` (got {raw!r})")
     name = raw["name"]
-    known = {"name", "kind", "preset", "from", "set", "data", "traces"}
+    known = {"name", "kind", "preset", "from", "set", "data", "traces", "teacher", "budget"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: stage {name}: unknown key(s) {', '.join(sorted(unknown))}; "
                           f"valid: {', '.join(sorted(known))}")
     spec = StageSpec(name=name, kind=raw.get("kind", ""), preset=raw.get("preset", ""), start=raw.get("from"),
                      set=[str(item) for item in raw.get("set") or []], data=raw.get("data") or "",
-                     traces=dict(raw.get("traces") or {}))
+                     traces=dict(raw.get("traces") or {}), teacher=raw.get("teacher") or "",
+                     budget=raw.get("budget") or "")
     if spec.kind not in KINDS:
         raise ConfigError(f"{where}: stage {name}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if not spec.preset:
@@ -120,7 +123,11 @@ def _stage(raw: Any, where: str, earlier: list[str]) -> StageSpec:
         raise ConfigError(f"{where}: two stages are named {name!r}")
     if spec.start is not None and spec.start not in earlier:
         raise ConfigError(f"{where}: stage {name} starts from {spec.start!r}, which is not an earlier stage")
-    if spec.kind in ("sft", "grpo") and spec.start is None:
+    if spec.kind == "onpolicy" and spec.teacher not in earlier:
+        raise ConfigError(f"{where}: stage {name}: teacher must name an earlier stage, got {spec.teacher or None!r}")
+    if spec.budget and spec.budget not in earlier:
+        raise ConfigError(f"{where}: stage {name}: budget must name an earlier stage, got {spec.budget!r}")
+    if spec.kind in ("sft", "grpo", "onpolicy") and spec.start is None:
         raise ConfigError(f"{where}: stage {name} ({spec.kind}) needs `from:` an earlier stage")
     if spec.kind == "sft" and spec.data not in SFT_DATA:
         raise ConfigError(f"{where}: stage {name}: data must be one of {', '.join(SFT_DATA)}, got {spec.data!r}")

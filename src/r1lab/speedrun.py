@@ -37,12 +37,13 @@ from .tokenizer import train_tokenizer
 from .train.data import builtin_corpus
 from .train.distill import TeacherSection, make_traces
 from .train.grpo import GRPOConfig, PRESETS as GRPO_PRESETS, grpo
+from .train.onpolicy import OnPolicyConfig, PRESETS as ONPOLICY_PRESETS, on_policy_distill
 from .train.pretrain import PRESETS as PRETRAIN_PRESETS, PretrainConfig, pretrain
 from .train.sft import PRESETS as SFT_PRESETS, SFTConfig, sft
 
 # kind -> (the stage's config class, its command's presets, the stage function)
 KINDS = {"pretrain": (PretrainConfig, PRETRAIN_PRESETS, pretrain), "sft": (SFTConfig, SFT_PRESETS, sft),
-         "grpo": (GRPOConfig, GRPO_PRESETS, grpo)}
+         "grpo": (GRPOConfig, GRPO_PRESETS, grpo), "onpolicy": (OnPolicyConfig, ONPOLICY_PRESETS, on_policy_distill)}
 
 
 @dataclass
@@ -114,7 +115,8 @@ class Speedrun:
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self.train(spec, folder)
-        record = _finish_stage(folder, spec.name, started, folder)
+        teacher_flops = self.teacher_flops(spec, folder) if spec.kind == "onpolicy" else 0.0
+        record = _finish_stage(folder, spec.name, started, folder, extra_gen_flops=teacher_flops)
         self.records[spec.name] = record
         return record
 
@@ -128,7 +130,7 @@ class Speedrun:
         knobs = {k: v for k, v in recipe.knobs.items() if k in self.task_list}
         if spec.kind == "pretrain":
             cfg.data.tasks, cfg.data.knobs = recipe.tasks, knobs
-        elif spec.kind == "grpo":
+        elif spec.kind in ("grpo", "onpolicy"):
             cfg.grpo.tasks, cfg.grpo.knobs, cfg.grpo.max_new_tokens = recipe.tasks, knobs, recipe.max_new_tokens
         items, traces = split_traces(spec, recipe)
         for key, value in parse_overrides(items):
@@ -147,8 +149,18 @@ class Speedrun:
             data = self.clean_set() if spec.data == "cold_start" else self.verified_set(traces)
             cfg.data.files = [str(data)]
             sft(cfg, folder, init=init, resume=True)
+        elif spec.kind == "onpolicy":
+            if spec.budget and not cfg.grpo.time_limit_s:  # the same wall-time budget as that stage
+                cfg.grpo.time_limit_s = self.records[spec.budget].wall_s
+            on_policy_distill(cfg, folder, teacher=self.records[spec.teacher].checkpoint, student=init, resume=True)
         else:
             grpo(cfg, folder, init=init, resume=True)
+
+    def teacher_flops(self, spec: StageSpec, folder: Path) -> float:
+        """The teacher's scoring forward passes over the student's sampled tokens (counted as generation)."""
+        teacher = load_model(self.records[spec.teacher].checkpoint, verify=False)
+        tokens = sum(r.get("gen_tokens", 0) for r in read_metrics(folder / "metrics.jsonl"))
+        return tokens * teacher.flops_per_token(256, training=False)
 
     # ---- SFT data
 
@@ -240,11 +252,12 @@ class Speedrun:
                   for n, r in self.records.items()}
         grpo_from = {s.name: s.start for s in self.recipe.stages if s.kind == "grpo"}
         found = findings(stages, self.task_list, grpo_from, self.recipe.final)
-        students = [stages[n] for n in ("student-base", "student-distilled", "student-rl") if n in stages]
+        students = [stages[n] for n in ("student-base", "student-distilled", "student-rl", "student-onpolicy") if n in stages]
         notes = [f"recipe: {json.dumps(asdict(self.recipe))}", f"total wall time including evaluation: {wall_s / 60:.1f} min",
                  "held-out problems: each task's test split (a hash of the problem decides; never trained on)"]
         return write_report(self.out, list(stages.values()), found, self.task_list, title=f"r1lab speedrun: {self.out.name}",
-                            notes=notes, extra_plots=[("Distilled vs RL-only student", students)] if students else None)
+                            notes=notes, extra_plots=[("Distilled vs RL-only student", students)] if students else None,
+                            students=[s for s in students if s.name != "student-base"])
 
 
 def add_speedrun_arguments(p: argparse.ArgumentParser) -> None:

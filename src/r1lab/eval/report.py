@@ -6,6 +6,7 @@ are) and an evaluation per (stage, task). Nothing here trains or evaluates; it o
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -159,7 +160,7 @@ def _pct(x) -> str:
 
 def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Finding], tasks: list[str],
                  title: str = "r1lab speedrun", notes: list[str] | None = None,
-                 extra_plots: list[tuple[str, list[Stage]]] | None = None) -> Path:
+                 extra_plots: list[tuple[str, list[Stage]]] | None = None, students: list[Stage] | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = []
@@ -190,6 +191,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     ks = sorted({e.get("k") for s in stages for e in s.evals.values() if e.get("k")})
     lines += ["", f"pass@1 is the mean accuracy over k={','.join(map(str, ks)) or '?'} samples at temperature 1; "
               "maj@k grades the majority answer; length counts completion tokens.", ""]
+    lines += student_table(students or [], tasks)
     for name, path in plots:
         lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
     lines += ["## Cost", "", "| stage | wall time | training FLOPs | generation FLOPs | parameters (total / activated) |",
@@ -213,6 +215,49 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out / "report.md"
+
+
+def mean_pass1(stage: Stage, tasks: list[str]) -> tuple[float, float] | None:
+    """Mean pass@1 over tasks and its 95% half-interval (normal approximation over the held-out problems,
+    each problem's k samples counted once: they are not independent)."""
+    evals = [stage.evals.get(t) for t in tasks]
+    if not evals or any(e is None or e.get("pass1") is None for e in evals):
+        return None
+    mean = sum(e["pass1"] for e in evals) / len(evals)
+    n = sum(e.get("n", 0) for e in evals)
+    return mean, (1.96 * math.sqrt(mean * (1 - mean) / n) if n else float("nan"))
+
+
+def student_table(students: list[Stage], tasks: list[str]) -> list[str]:
+    """The students side by side: mean pass@1 (95% interval), training FLOPs (the update plus sampling and,
+    on-policy, the teacher's scoring), wall time."""
+    rows = [(s, mean_pass1(s, tasks)) for s in students]
+    rows = [(s, p) for s, p in rows if p is not None]
+    if not rows:
+        return []
+    lines = ["## Students", "", "| student | mean pass@1 (95% interval) | training FLOPs (incl. sampling, scoring) | wall time |",
+             "|---|---|---|---|"]
+    for s, (mean, half) in rows:
+        lines.append(f"| {s.name} | {100 * mean:.1f}% ± {100 * half:.1f} | {s.train_flops + s.gen_flops:.3g} | {s.wall_s:.0f} s |")
+    return [*lines, ""]
+
+
+def onpolicy_finding(stages: dict[str, Stage], tasks: list[str],
+                     names: tuple[str, ...] = ("student-onpolicy", "student-distilled", "student-rl")) -> Finding | None:
+    """Which student wins, and at how much compute (on-policy distillation vs SFT-distillation vs RL)."""
+    scored = [(n, mean_pass1(stages[n], tasks)) for n in names if n in stages]
+    scored = [(n, p) for n, p in scored if p is not None]
+    if len(scored) < 2 or scored[0][0] != names[0]:
+        return None
+    flops = {n: stages[n].train_flops + stages[n].gen_flops for n, _ in scored}
+    best = max(scored, key=lambda item: item[1][0])
+    others = [f"{n} {100 * p[0]:.1f}% ± {100 * p[1]:.1f} at {flops[n]:.3g} FLOPs ({stages[n].wall_s:.0f} s)" for n, p in scored]
+    onp = scored[0][1]
+    ties = [n for n, p in scored if n != best[0] and abs(p[0] - best[1][0]) <= p[1] + best[1][1]]
+    verdict = f"{best[0]} wins" + (f" (within the intervals of {', '.join(ties)})" if ties else "")
+    ratios = [f"{flops[n] / max(flops[names[0]], 1.0):.1f}x on-policy's FLOPs for {n}" for n, _ in scored[1:]]
+    return Finding(f"Students: {verdict}", None, "mean pass@1 over tasks: " + "; ".join(others) + f". On-policy at "
+                   f"{100 * onp[0]:.1f}%; the others took " + ", ".join(ratios), observation=True)
 
 
 # ---------------------------------------------------------------- the speedrun's findings
@@ -252,6 +297,9 @@ def findings(stages: dict[str, Stage], tasks: list[str], grpo_from: dict[str, st
         f"mean pass@1 over tasks: {100 * distilled:.1f}% distilled vs {100 * rl_only:.1f}% RL-only"
         + ("" if base is None else f" (both start from the student base at {100 * base:.1f}%)")))
     out.append(length_trend(stages, [name for name in grpo_from if name not in students]))
+    third = onpolicy_finding(stages, tasks)
+    if third is not None:
+        out.append(third)
     return out
 
 
