@@ -238,7 +238,8 @@ def student_table(students: list[Stage], tasks: list[str]) -> list[str]:
     lines = ["## Students", "", "| student | mean pass@1 (95% interval) | training FLOPs (incl. sampling, scoring) | wall time |",
              "|---|---|---|---|"]
     for s, (mean, half) in rows:
-        lines.append(f"| {s.name} | {100 * mean:.1f}% ± {100 * half:.1f} | {s.train_flops + s.gen_flops:.3g} | {s.wall_s:.0f} s |")
+        flops = s.train_flops + s.gen_flops
+        lines.append(f"| {s.name} | {100 * mean:.1f}% ± {100 * half:.1f} | {flops:.3g} | {s.wall_s:.0f} s |")
     return [*lines, ""]
 
 
