@@ -16,7 +16,9 @@ def test_shortened_speedrun_end_to_end(tmp_path):
     assert report.startswith("# r1lab speedrun") and "## Cost" in report
     summary = json.loads((out / "summary.json").read_text())
     stages = {row["stage"] for row in summary["table"]}
-    assert {"base", "r1-zero", "r1", "student-distilled", "student-rl"} <= stages
+    assert {"base", "r1-zero", "r1", "student-distilled", "student-rl", "student-onpolicy"} <= stages
+    assert "## Students" in report and "| student-onpolicy |" in report
+    assert any(f["claim"].startswith("Students: ") for f in summary["findings"])
     assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0
     for png in ("grpo_curves.png", "accuracy_by_stage.png"):
         assert (out / png).stat().st_size > 1000
