@@ -255,7 +255,9 @@ def onpolicy_finding(stages: dict[str, Stage], tasks: list[str],
     others = [f"{n} {100 * p[0]:.1f}% ± {100 * p[1]:.1f} at {flops[n]:.3g} FLOPs ({stages[n].wall_s:.0f} s)" for n, p in scored]
     onp = scored[0][1]
     ties = [n for n, p in scored if n != best[0] and abs(p[0] - best[1][0]) <= p[1] + best[1][1]]
-    verdict = f"{best[0]} wins" + (f" (within the intervals of {', '.join(ties)})" if ties else "")
+    level = [n for n, p in scored if p[0] == best[1][0]]
+    verdict = (f"no student wins ({', '.join(level)} level)" if len(level) > 1 else
+               f"{best[0]} wins" + (f" (within the intervals of {', '.join(ties)})" if ties else ""))
     ratios = [f"{flops[n] / max(flops[names[0]], 1.0):.1f}x on-policy's FLOPs for {n}" for n, _ in scored[1:]]
     return Finding(f"Students: {verdict}", None, "mean pass@1 over tasks: " + "; ".join(others) + f". On-policy at "
                    f"{100 * onp[0]:.1f}%; the others took " + ", ".join(ratios), observation=True)
