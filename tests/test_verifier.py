@@ -177,7 +177,7 @@ GSM8K = [("1,234", ["1,243", "123", "12,340"]), ("18", ["81", "19", "-18"]), ("7
 
 
 def _reply(answer: str, boxed: bool) -> str:
-    return f"<think>\nworking it out\n</think>\n" + (f"The answer is $\\boxed{{{answer}}}$." if boxed
+    return "<think>\nworking it out\n</think>\n" + (f"The answer is $\\boxed{{{answer}}}$." if boxed
                                                   else f"The final answer is ${answer}$.")
 
 

@@ -15,6 +15,7 @@ from ..engine import Engine
 from ..rewards import get as get_reward
 from ..rollout import rollout
 from ..tokenizer import Tokenizer
+from . import health
 from .grpo_config import GRPOSection
 from .grpo_loss import overlong_penalty
 
@@ -93,6 +94,7 @@ class SampleStats:
     tasks: list[str] = field(default_factory=list)  # each completion's task
     lengths: list[int] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
+    repetition: list[float] = field(default_factory=list)  # each completion's repeated n-gram share (health)
     groups_seen: int = 0
     groups_dropped: int = 0
     rounds: int = 0
@@ -106,6 +108,7 @@ class SampleStats:
         self.tasks += [p["task"] for p in out.problems for _ in range(out.k)]
         self.lengths += out.lengths
         self.truncated += out.truncated
+        self.repetition += [health.repetition(ids) for ids in out.token_ids]
         self.groups_seen += len(out.problems)
 
 
