@@ -89,12 +89,11 @@ def signs(history: list[dict], repetition_share: float = 0.0, zero_signal: float
     lengths = _series(history, "response_length")
     base = _mean(lengths[:BASELINE_STEPS])
     if base and len(lengths) > BASELINE_STEPS:
+        ratio = f"mean length {lengths[-1]:.0f} tokens, {lengths[-1] / base:.2f}x the first steps' {base:.0f}"
         if lengths[-1] >= BLOWUP * base:
-            found["length_blowup"] = (f"mean length {lengths[-1]:.0f} tokens, "
-                                      f"{lengths[-1] / base:.1f}x the first steps' {base:.0f}")
+            found["length_blowup"] = ratio
         elif lengths[-1] <= COLLAPSE * base:
-            found["length_collapse"] = (f"mean length {lengths[-1]:.0f} tokens, "
-                                        f"{lengths[-1] / base:.2f}x the first steps' {base:.0f}")
+            found["length_collapse"] = ratio
     entropy = _series(history, "entropy")
     start = _mean(entropy[:BASELINE_STEPS])
     if entropy and len(entropy) > BASELINE_STEPS and start and (
