@@ -152,7 +152,7 @@ def test_eval_skips_long_prompts_and_endpoint_matches_checkpoint(tmp_path, token
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "R1LAB_API_KEY": "k"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded machine can take minutes to import torch and start
         while True:
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
