@@ -76,7 +76,7 @@ def _train(monkeypatch, init, out, reward, *overrides) -> list[dict]:
     """GRPO with `reward` (fn(text) -> float) standing in as the format reward; its metrics rows."""
     from r1lab import rewards
     from r1lab.config import build
-    from r1lab.train.grpo import GRPOConfig, PRESETS, train_grpo
+    from r1lab.train.grpo import GRPOConfig, PRESETS, grpo
 
     def factory():
         return lambda completions, **_: [float(reward(c[len("<think>\n"):])) for c in completions]
@@ -85,7 +85,7 @@ def _train(monkeypatch, init, out, reward, *overrides) -> list[dict]:
     cfg = build(GRPOConfig, PRESETS, "cpu-tiny", ["warmup_steps=1", "grpo.group_size=8",
                                                   "grpo.prompts_per_step=4", "grpo.max_new_tokens=16",
                                                   "grpo.rewards={format: 1.0}", "save_every=100", *overrides])
-    train_grpo(cfg, str(init), str(out))
+    grpo(cfg, out, init=init)
     return [json.loads(line) for line in open(out / "metrics.jsonl")]
 
 
