@@ -13,14 +13,13 @@ from argparse import Namespace
 
 import httpx
 import pytest
-import torch
 
-from conftest import tiny_config
+from conftest import chain_model
 from r1lab.eval import stats
 from r1lab.eval.cli import settings_for
 from r1lab.eval.evaluate import R1_MATH_INSTRUCTION, Sample, evaluate_with
 from r1lab.eval.report import Stage, noise_note, write_report
-from r1lab.model import Transformer, save_checkpoint
+from r1lab.model import save_checkpoint
 
 REPLY = " \\boxed{1234}"  # what the scripted model answers to any prompt
 
@@ -100,20 +99,7 @@ def scripted_checkpoint(tokenizer, folder) -> str:
     last_prompt_token = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)[-1]
     chain = ([last_prompt_token] + tokenizer.encode("so") + [tokenizer.end_think_token_id] + tokenizer.encode(REPLY)
              + [tokenizer.eos_token_id])
-    assert len(set(chain)) == len(chain), "a bigram chain needs distinct tokens"
-    torch.manual_seed(0)
-    cfg = tiny_config(tokenizer.vocab_size)
-    model = Transformer(cfg).eval()
-    hidden = cfg.hidden_size
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.zero_()  # attention and MLPs add nothing: the last hidden state is the token's embedding
-        basis = torch.linalg.qr(torch.randn(hidden, hidden))[0].T * hidden**0.5
-        model.lm_head.weight.zero_()
-        for k, (token, following) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[token] = basis[k]
-            model.lm_head.weight[following] = 30.0 * basis[k] / hidden
+    model = chain_model(tokenizer, chain)
     save_checkpoint(model, tokenizer, folder)
     return str(folder)
 

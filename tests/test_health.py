@@ -3,10 +3,8 @@ real GRPO runs of a tiny model (rewards that pay for a loop, for brevity, for le
 import json
 
 import pytest
-import torch
 
-from conftest import tiny_config
-from r1lab.model import Transformer, save_checkpoint
+from conftest import small_policy_checkpoint
 from r1lab.train import health
 
 
@@ -64,12 +62,7 @@ def test_stop_on_names_are_checked():
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory, tokenizer):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("health") / "init"
-    cfg = tiny_config(tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                      moe_intermediate_size=16, n_routed_experts=4, kv_lora_rank=16)
-    save_checkpoint(Transformer(cfg), tokenizer, folder)
-    return folder
+    return small_policy_checkpoint(tokenizer, tmp_path_factory.mktemp("health") / "init")
 
 
 def _train(monkeypatch, init, out, reward, *overrides) -> list[dict]:
