@@ -33,3 +33,36 @@ def tiny_config(vocab_size: int, **overrides):
                 qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, num_experts_per_tok=2)
     base.update(overrides)
     return preset("cpu-tiny", **base)
+
+
+def chain_model(tokenizer, chain: list[int]):
+    """A model that writes `chain` (distinct token ids) as a bigram chain: after chain[k] it puts logit 30 on
+    chain[k + 1] and 0 on every other token (attention and MLPs zeroed, the last hidden state is the embedding)."""
+    from r1lab.model import Transformer
+
+    assert len(set(chain)) == len(chain), "a bigram chain needs distinct tokens"
+    torch.manual_seed(0)
+    cfg = tiny_config(tokenizer.vocab_size)
+    model = Transformer(cfg).eval()
+    hidden = cfg.hidden_size
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.zero_()
+        basis = torch.linalg.qr(torch.randn(hidden, hidden))[0].T * hidden**0.5  # orthogonal rows, RMS 1 (RMSNorm keeps them)
+        model.lm_head.weight.zero_()
+        for k, (token, following) in enumerate(zip(chain, chain[1:])):
+            model.model.embed_tokens.weight[token] = basis[k]
+            model.lm_head.weight[following] = 30.0 * basis[k] / hidden
+    return model
+
+
+def small_policy_checkpoint(tokenizer, folder):
+    """A random 2-layer MoE policy (seed 0) saved to `folder`, the starting point of the GRPO tests."""
+    from r1lab.model import Transformer, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                      moe_intermediate_size=16, n_routed_experts=4, kv_lora_rank=16)
+    save_checkpoint(Transformer(cfg), tokenizer, folder)
+    return folder

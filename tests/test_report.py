@@ -39,7 +39,7 @@ def test_report_card(tmp_path, per_task):
     assert lines[0] == "# test run"
     # the verdicts open the report, one line each, in order
     assert [line[:4] for line in lines[2:6]] == ["- ✅ ", "- ❌ ", "- ⚠️", "- ℹ️"]
-    assert "| r1-zero | countdown | 50.0% | 50.0% | 40.0% | 60.0 | 1.0% |" in lines
+    assert "| r1-zero | countdown |  | 50.0% | – | 50.0% | 40.0% | 60.0 | 1.0% |" in lines  # evals without intervals
     for png in ("grpo_curves.png", "accuracy_by_stage.png", "students.png"):
         data = (tmp_path / "run" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png

@@ -80,7 +80,7 @@ def test_last_boxed_handles_nesting_and_unclosed_boxes():
     (RIGHT.replace("6200", "6,200"), "6200", 1.0),
     (RIGHT.replace("6200", "6201"), "6200", 0.0),
     ("<think>\n</think>\nThe answer is 6200.", "6200", 1.0),  # no box: the text after </think>
-    ("<think>\nI think \\boxed{6200} maybe", "6200", 1.0),  # a box anywhere counts
+    ("<think>\nI think \\boxed{6200} maybe", "6200", 0.0),  # a box inside an unclosed <think> is no answer
     ("<think>\nstill thinking about 6200", "6200", 0.0),  # no box and no </think>: no answer yet
     ("</think> \\boxed{0.5}", "\\frac{1}{2}", 1.0),
     ("</think> \\boxed{\\frac{2}{4}}", "0.5", 1.0),

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import r1lab
-from conftest import tiny_config
+from conftest import chain_model, tiny_config
 from r1lab.engine import Engine
 from r1lab.model import Transformer, save_checkpoint
 from r1lab.serve import ReasoningSplitter, create_app, reasoning_token_count, split_reasoning
@@ -45,21 +45,7 @@ def scripted_model(tokenizer) -> Transformer:
     last_prompt_token = tokenizer.apply_chat_template(USER, add_generation_prompt=True)[-1]
     chain = ([last_prompt_token] + tokenizer.encode(THINKING) + [tokenizer.end_think_token_id]
              + tokenizer.encode(" " + ANSWER) + [tokenizer.eos_token_id])
-    assert len(set(chain)) == len(chain), "a bigram chain needs distinct tokens"
-    torch.manual_seed(0)
-    cfg = tiny_config(tokenizer.vocab_size)
-    model = Transformer(cfg).eval()
-    H = cfg.hidden_size
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.zero_()  # attention and MLPs add nothing: the last hidden state is the token's embedding
-        basis = torch.linalg.qr(torch.randn(H, H))[0].T * H**0.5  # orthogonal rows, RMS 1 (RMSNorm keeps them)
-        model.lm_head.weight.zero_()
-        for k, (token, following) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[token] = basis[k]
-            model.lm_head.weight[following] = 30.0 * basis[k] / H  # logit 30 for the next token, 0 for others
-    return model
+    return chain_model(tokenizer, chain)
 
 
 def scripted_checkpoint(tokenizer, folder) -> str:

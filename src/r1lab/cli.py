@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "r1lab pretrain --preset cpu-tiny --out runs/base max_steps=300"),
     "sft": ("r1lab.train.sft", "supervised fine-tuning on chat data (loss on assistant tokens only)",
             "r1lab sft --preset cpu-tiny --init runs/base/final --out runs/sft"),
-    "eval": ("r1lab.eval.cli", "evaluate a checkpoint: pass@1 over k samples, greedy, maj@k, response length",
+    "eval": ("r1lab.eval.cli", "evaluate a checkpoint or a served model: pass@1 over k samples, greedy, maj@k, 95% intervals",
              "r1lab eval runs/speedrun/final --tasks addition,countdown --k 8 --out runs/eval.jsonl"),
     "grpo": ("r1lab.train.grpo", "reinforcement learning on verifiable rewards (GRPO, Dr. GRPO, DAPO)",
              "r1lab grpo --preset cpu-tiny --init runs/sft/final --out runs/grpo max_steps=100"),

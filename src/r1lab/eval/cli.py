@@ -1,19 +1,36 @@
-"""`r1lab eval CKPT --tasks addition,countdown --k 8 --out results.jsonl`."""
+"""`r1lab eval CKPT --tasks addition,countdown --k 8 --out results.jsonl`, or a served model:
+`r1lab eval --endpoint http://127.0.0.1:8000/v1 --model r1 --tasks math500.jsonl`.
+
+Sampling defaults depend on what is evaluated: built-in tasks keep their own (temperature 1, top-p 1, their
+prompt as trained); dataset files get the R1 paper's set-up for reasoning models (temperature 0.6, top-p
+0.95, the R1 math prompt appended). --temperature, --top-p and --instruction override both.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
+from .endpoint import endpoint_generator
+from .evaluate import R1_MATH_INSTRUCTION, R1_SAMPLING, TASK_SAMPLING, TaskResult, engine_generator, is_task
+from .stats import fmt_interval
+
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint folder")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder (or use --endpoint)")
+    p.add_argument("--endpoint", metavar="URL", help="grade an OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="model name to request from --endpoint")
+    p.add_argument("--api-key", help="bearer token for --endpoint (default: $OPENAI_API_KEY or $R1LAB_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight against --endpoint (default 8)")
+    p.add_argument("--retries", type=int, default=4, help="retries per request on errors, 429 and 5xx (default 4)")
     p.add_argument("--tasks", default="addition", help="comma-separated built-in task names and/or .jsonl/.parquet datasets")
     p.add_argument("--n", type=int, default=100, help="problems per task (default 100)")
-    p.add_argument("--k", type=int, default=8, help="samples per problem for pass@1 and maj@k (0 = greedy only)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="default: the checkpoint's generation_config.json for open models (Qwen, Llama), else 1.0")
-    p.add_argument("--top-p", type=float, default=None, help="default: as --temperature, else 1.0")
+    p.add_argument("--k", type=int, default=8, help="samples per problem for pass@1 and maj@k/cons@k (0 = greedy only)")
+    p.add_argument("--temperature", type=float, default=None, help="default: 1.0 for built-in tasks, 0.6 (R1) for datasets")
+    p.add_argument("--top-p", type=float, default=None, help="default: 1.0 for built-in tasks, 0.95 (R1) for datasets")
+    p.add_argument("--instruction", default=None,
+                   help="appended to each prompt; default: none for built-in tasks, the R1 math prompt for datasets "
+                        f"({R1_MATH_INSTRUCTION!r}); '' for none")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy pass")
     p.add_argument("--seed", type=int, default=0)
@@ -22,37 +39,70 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="difficulty knob for built-in tasks, e.g. --knob digits=4 (repeatable)")
 
 
-def run_eval(args) -> int:
+def settings_for(spec: str, args, model_defaults: dict | None = None) -> dict:
+    """Sampling and prompt settings for one task spec: its defaults, then the checkpoint's generation_config.json
+    (open models: Qwen, Llama), then what the command line set."""
+    builtin = is_task(spec)
+    defaults = dict(TASK_SAMPLING if builtin else R1_SAMPLING, instruction="" if builtin else R1_MATH_INSTRUCTION)
+    defaults.update(model_defaults or {})
+    given = {"temperature": args.temperature, "top_p": args.top_p, "instruction": args.instruction}
+    return {key: defaults[key] if given[key] is None else given[key] for key in defaults}
+
+
+def _generator(args):
+    if args.endpoint:
+        if not args.model:
+            raise SystemExit("r1lab eval: --endpoint needs --model NAME (the model the server serves)")
+        if args.checkpoint:
+            raise SystemExit("r1lab eval: give a checkpoint or --endpoint, not both")
+        generate = endpoint_generator(args.endpoint, args.model, args.api_key, args.concurrency, args.retries)
+        return generate, args.endpoint, {}
+    if not args.checkpoint:
+        raise SystemExit("r1lab eval: give a checkpoint folder or --endpoint URL --model NAME")
+    from .. import load
+    from ..engine import Engine
+    from ..model.families import generation_defaults
+
+    model, tokenizer = load(args.checkpoint)
+    return engine_generator(Engine(model, tokenizer), tokenizer), args.checkpoint, generation_defaults(model)
+
+
+def print_table(results: list[TaskResult], title: str, k: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .. import load
-    from ..config import parse_knobs
-    from ..engine import Engine
-    from ..model.families import generation_defaults
-    from .evaluate import evaluate, load_problems, write_results
-
-    knobs = parse_knobs(args.knob)
-    model, tokenizer = load(args.checkpoint)
-    engine = Engine(model, tokenizer)
-    defaults = {"temperature": 1.0, "top_p": 1.0, **generation_defaults(model)}
-    for key in ("temperature", "top_p"):
-        setattr(args, key, defaults[key] if getattr(args, key) is None else getattr(args, key))
-    results = []
-    for spec in [s.strip() for s in args.tasks.split(",") if s.strip()]:
-        problems = load_problems(spec, args.n, seed=args.seed, **knobs)
-        results.append(evaluate(engine, tokenizer, problems, task=Path(spec).stem, k=args.k, temperature=args.temperature,
-                                top_p=args.top_p, max_tokens=args.max_tokens, greedy=not args.no_greedy, seed=args.seed))
-    table = Table(title=f"eval of {args.checkpoint}")
-    for col in ("task", "n", f"pass@1 (k={args.k})", "greedy", f"maj@{args.k}", "mean length", "truncated"):
+    table = Table(title=title)
+    for col in ("task", "n", "skipped", f"pass@1 (k={k})", "95% CI problems", "95% CI samples", "greedy", "95% CI",
+                f"maj@{k} (cons@{k})", "95% CI", "mean length", "truncated"):
         table.add_column(col, justify="right")
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}%"
 
     for r in results:
-        table.add_row(r.task, str(r.n), pct(r.pass1), pct(r.greedy), pct(r.maj), f"{r.mean_length:.1f}", pct(r.truncated))
-    Console().print(table)
+        table.add_row(r.task, str(r.n), str(r.skipped), pct(r.pass1), fmt_interval(r.pass1_ci), fmt_interval(r.pass1_ci_samples),
+                      pct(r.greedy), fmt_interval(r.greedy_ci), pct(r.maj), fmt_interval(r.maj_ci), f"{r.mean_length:.1f}",
+                      pct(r.truncated))
+    console = Console()
+    console.print(table)
+    for r in results:
+        if r.skipped:
+            console.print(f"{r.task}: {r.skipped} problem(s) skipped: the prompt does not fit the context")
+    console.print(results[0].ci_method if results else "", style="dim")
+
+
+def run_eval(args) -> int:
+    from ..config import parse_knobs
+    from .evaluate import evaluate_with, load_problems, write_results
+
+    knobs = parse_knobs(args.knob)
+    generate, source, model_defaults = _generator(args)
+    results = []
+    for spec in [s.strip() for s in args.tasks.split(",") if s.strip()]:
+        problems = load_problems(spec, args.n, seed=args.seed, **(knobs if is_task(spec) else {}))
+        results.append(evaluate_with(generate, problems, task=Path(spec).stem, k=args.k, max_tokens=args.max_tokens,
+                                     greedy=not args.no_greedy, seed=args.seed, **settings_for(spec, args, model_defaults)))
+    print_table(results, f"eval of {source}", args.k)
     if args.out:
         write_results(results, args.out)
         summary = Path(args.out).with_suffix(".summary.json")

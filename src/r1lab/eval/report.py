@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stats import fmt_interval, half_width, inside_noise
+
 H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak, per GPU
 ASSUMED_MFU = 0.35  # what a well-tuned small-model run reaches on it
 PRICE_PER_GPU_HOUR = 2.50  # USD, a typical on-demand cloud price for one H100 (stated, not measured)
@@ -158,6 +160,64 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _with_ci(e: dict, key: str) -> str:
+    """'93.0% [88.1, 96.0]': the value and its 95% interval (over problems), when the eval has one."""
+    interval = fmt_interval(e.get(f"{key}_ci"))
+    return _pct(e.get(key)) + (f" {interval}" if interval else "")
+
+
+def _mean_and_margin(evals: dict | list[dict | None] | None, key: str) -> tuple[float, float] | None:
+    """(mean of `key` over evals, its 95% half-width: sqrt(sum of squares) / count), None if one lacks it."""
+    evals = evals if isinstance(evals, list) else [evals]
+    if not evals or any(not e or e.get(key) is None or not e.get(f"{key}_ci") for e in evals):
+        return None
+    return (sum(e[key] for e in evals) / len(evals),
+            sum(half_width(e[f"{key}_ci"]) ** 2 for e in evals) ** 0.5 / len(evals))
+
+
+def noise_note(a, b, key: str = "pass1") -> str:
+    """' (inside the noise: ...)' when the difference of two evals' `key` (or of their means over several
+    tasks, given lists) is within its 95% margin, from the intervals over problems."""
+    first, second = _mean_and_margin(a, key), _mean_and_margin(b, key)
+    if first is None or second is None:
+        return ""
+    margin = (first[1] ** 2 + second[1] ** 2) ** 0.5
+    if not inside_noise(first[0], (first[0] - first[1], first[0] + first[1]), second[0],
+                        (second[0] - second[1], second[0] + second[1])):
+        return ""
+    return f" (inside the noise: the 95% margin of this difference is ±{100 * margin:.1f} points)"
+
+
+def threshold_note(e: dict | None, threshold: float, key: str = "pass1", label: str = "") -> str:
+    """' (90% is inside the 95% interval [..])' when a threshold cannot be told apart from the measured value."""
+    interval = (e or {}).get(f"{key}_ci")
+    if not interval or not interval[0] <= threshold <= interval[1]:
+        return ""
+    return f" ({label}{100 * threshold:.0f}% is inside the 95% interval {fmt_interval(interval)}: within the noise)"
+
+
+def health_lines(stages: list[Stage]) -> list[str]:
+    """The report's health section: per GRPO stage, each sign the monitor raised, on how many steps, from when."""
+    lines = ["## GRPO health", ""]
+    rows = []
+    for s in stages:
+        records = read_metrics(s.metrics) if s.metrics else []
+        if not records:
+            continue
+        seen: dict[str, list] = {}
+        for r in records:
+            for name, message in ((r.get("health") or {}).get("signs") or {}).items():
+                seen.setdefault(name, []).append((r.get("step"), message))
+        if not seen:
+            rows.append(f"| {s.name} | none | – | – | |")
+        for name, hits in seen.items():
+            rows.append(f"| {s.name} | {name} | {len(hits)} of {len(records)} | {hits[0][0]} | {hits[-1][1]} |")
+    if not rows:
+        return lines + ["No GRPO metrics with health records.", ""]
+    return lines + ["| stage | sign | steps flagged | first step | last warning |", "|---|---|---|---|---|", *rows,
+                    "", "Signs and thresholds: r1lab/train/health.py (warnings to look at, not verdicts).", ""]
+
+
 def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Finding], tasks: list[str],
                  title: str = "r1lab speedrun", notes: list[str] | None = None,
                  extra_plots: list[tuple[str, list[Stage]]] | None = None, students: list[Stage] | None = None) -> Path:
@@ -181,17 +241,24 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
         mark = "ℹ️" if f.observation else "✅" if f.passed else ("⚠️ not measured" if f.passed is None else "❌")
         lines.append(f"- {mark} **{f.claim}** — {f.detail}")
     lines += ["", "## Results on held-out problems", "",
-              "| stage | task | pass@1 | greedy | maj@k | mean length | truncated |", "|---|---|---|---|---|---|---|"]
+              "| stage | task | n | pass@1 [95% CI] | ± samples | greedy [95% CI] | maj@k [95% CI] | mean length | truncated |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         for task in tasks:
             e = s.evals.get(task)
             if e:
-                lines.append(f"| {s.name} | {task} | {_pct(e.get('pass1'))} | {_pct(e.get('greedy'))} | {_pct(e.get('maj'))} "
+                skipped = f" ({e['skipped']} skipped)" if e.get("skipped") else ""
+                spread = f"±{100 * half_width(e['pass1_ci_samples']):.1f}" if e.get("pass1_ci_samples") else "–"
+                lines.append(f"| {s.name} | {task} | {e.get('n', '')}{skipped} | {_with_ci(e, 'pass1')} | {spread} "
+                             f"| {_with_ci(e, 'greedy')} | {_with_ci(e, 'maj')} "
                              f"| {e.get('mean_length', 0):.1f} | {_pct(e.get('truncated'))} |")
     ks = sorted({e.get("k") for s in stages for e in s.evals.values() if e.get("k")})
+    methods = sorted({e["ci_method"] for s in stages for e in s.evals.values() if e.get("ci_method")})
     lines += ["", f"pass@1 is the mean accuracy over k={','.join(map(str, ks)) or '?'} samples at temperature 1; "
-              "maj@k grades the majority answer; length counts completion tokens.", ""]
+              "maj@k grades the majority answer; length counts completion tokens; n counts problems (skipped ones: "
+              "the prompt did not fit the context). " + " ".join(f"{m}." for m in methods), ""]
     lines += student_table(students or [], tasks)
+    lines += health_lines(stages)
     for name, path in plots:
         lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
     lines += ["## Cost", "", "| stage | wall time | training FLOPs | generation FLOPs | parameters (total / activated) |",
@@ -286,19 +353,22 @@ def findings(stages: dict[str, Stage], tasks: list[str], grpo_from: dict[str, st
         None if best is None else best[0] >= 0.15,
         "not measured" if best is None else
         f"largest gain: {best[1]} over {best[2]} on {best[3]}, {100 * best[0]:+.1f} points "
-        f"(all gains: {', '.join(f'{g[1]}/{g[3]} {100 * g[0]:+.1f}' for g in gains)})")]
+        f"(all gains: {', '.join(f'{g[1]}/{g[3]} {100 * g[0]:+.1f}' for g in gains)})"
+        + ("" if best is None else noise_note(stages[best[1]].evals.get(best[3]), stages[best[2]].evals.get(best[3]))))]
     final_scores = {t: pass1(final, t) for t in tasks}
     out.append(Finding(
         "The R1 model is >= 90% (pass@1) on the in-distribution tasks",
         None if None in final_scores.values() else all(v >= 0.9 for v in final_scores.values()),
-        ", ".join(f"{t}: {'–' if v is None else f'{100 * v:.1f}%'}" for t, v in final_scores.items())))
+        ", ".join(f"{t}: {'–' if v is None else f'{100 * v:.1f}%'}" for t, v in final_scores.items())
+        + "".join(threshold_note(stages[final].evals.get(t), 0.9, label=f"{t}: ") for t in final_scores if final in stages)))
     distilled, rl_only, base = (mean_pass1(name) for name in students)
     out.append(Finding(
         "The distilled student beats the RL-only student (the R1 paper's finding for small models)",
         None if distilled is None or rl_only is None else distilled > rl_only,
         "not measured" if distilled is None or rl_only is None else
         f"mean pass@1 over tasks: {100 * distilled:.1f}% distilled vs {100 * rl_only:.1f}% RL-only"
-        + ("" if base is None else f" (both start from the student base at {100 * base:.1f}%)")))
+        + ("" if base is None else f" (both start from the student base at {100 * base:.1f}%)")
+        + noise_note([stages[students[0]].evals.get(t) for t in tasks], [stages[students[1]].evals.get(t) for t in tasks])))
     out.append(length_trend(stages, [name for name in grpo_from if name not in students]))
     third = onpolicy_finding(stages, tasks)
     if third is not None:

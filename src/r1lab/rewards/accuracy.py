@@ -1,61 +1,108 @@
 """Accuracy: 1 when the completion's final answer equals the gold answer, else 0.
 
-The answer is the last \\boxed{...} (nested braces allowed); without one, the text after
-</think> (a completion still thinking has no answer).  Gold is a string: a plain number
-("6200", "-3", "1,234") or LaTeX ("\\frac{1}{2}").
+What counts as the answer (the same for GRPO, rejection sampling, distillation and `r1lab eval`, which all
+call this reward):
+- the answer part: the text after the last </think> (the whole text when there are no think tags); a
+  completion whose <think> never closes has no answer (0), and an answer written only inside <think> does
+  not count.  Fenced code blocks (```...```) are removed from it first: code is not a statement of the answer.
+- with \\boxed{} in the answer part, the boxes are the answer (math-verify's boxed="all": several distinct
+  boxes form a set, so boxing every candidate is not paid); a \\boxed left unclosed makes the answer
+  malformed (0).  Numbers beside the boxes are not read (math-verify takes an unreadable box as text).
+- without a box, the answer part is read the way lighteval / Open-R1 read an unboxed reply: math-verify's
+  LaTeX extraction (boxed first, "final answer is $...$", $...$) then its expression extraction (anchored
+  "answer is 42", else the last number).  So "The answer is $\\frac{1}{G}$" is 1/G, not G.
 
-Speed and safety:
-- plain numbers and simple fractions on both sides are compared exactly (Fractions)
-  without math-verify;
-- otherwise math-verify parses and verifies, behind caps: answers over MAX_ANSWER_CHARS,
-  and power towers / huge exponents / huge factorials (which sympy would evaluate for
-  minutes, unreachable by signals while in C) score 0 without being parsed;
-- math-verify's own signal-based timeout is used only in the main thread (signals do not
-  work elsewhere); in other threads it is disabled and the caps above are the guard.
+Gold is a string: a plain number ("6200", "-3", "1,234"), or LaTeX ("\\frac{1}{2}", "\\text{(C)}", "(1,2]",
+"10,\\!080"); it is read as \\boxed{gold} by math-verify.
 
-Countdown rows (task == "countdown", or a `numbers` column) are judged by
-r1lab.rewards.countdown on the boxed expression instead; the gold `answer` (or a `target`
-column) is the target.
+The verdict is math-verify's (parse with LatexExtractionConfig(boxed_match_priority=0) + ExprExtractionConfig,
+then verify), with these shortcuts and guards, all covered by a differential test against plain math-verify:
+- fast path: when the answer is in full a plain number or simple fraction (ASCII digits only) and so is the
+  gold, the values are compared exactly as math-verify would (exact for integers and fractions, rounding to 6
+  decimal places when a decimal is involved); anything undecided goes to math-verify;
+- documented differences (a careful grader's verdict, where math-verify pays a hack): enumerations
+  ("1, 2, \\ldots, 100") score 0 unless the gold is one; boxes in code blocks or inside <think> do not count;
+  an unclosed box scores 0;
+- safety caps: a box over MAX_ANSWER_CHARS, and power towers / huge exponents / huge factorials (which sympy
+  would evaluate for minutes, unreachable by signals while in C) score 0 without being parsed; an unboxed
+  answer part over MAX_PART_CHARS is read from its last MAX_PART_CHARS characters (from a line start);
+- math-verify's own signal-based timeout is used only in the main thread (signals do not work elsewhere); in
+  other threads it is disabled and the caps above are the guard.
+
+Countdown rows (task == "countdown", or a `numbers` column) are judged by r1lab.rewards.countdown on the
+boxed expression instead (the last \\boxed{} anywhere, else the last line after </think>); the gold
+`answer` (or a `target` column) is the target.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
 from . import countdown
-from .core import RewardFn, after_think, batch, extract_answer, last_boxed
+from .core import RewardFn, after_think, answer_part, batch, boxed_all, last_boxed
 
 MAX_ANSWER_CHARS = 400
+MAX_PART_CHARS = 4000
 MATH_VERIFY_TIMEOUT_S = 2
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
-_FRACTIONS = (re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}"), re.compile(r"(-?)(\d+)\s*/\s*(\d+)"))
-_UNWRAP = [re.compile(p) for p in (r"^\\text\{(.*)\}$", r"^\$(.*)\$$", r"^\\\((.*)\\\)$", r"^[a-zA-Z]\s*=\s*(.*)$")]
+_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+", re.ASCII)
+_FRACTIONS = (re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}", re.ASCII), re.compile(r"(-?)(\d+)\s*/\s*(\d+)", re.ASCII))
+_FREE_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?", re.ASCII)
+_UNWRAP_DOLLARS = re.compile(r"\$([^$]*)\$")
 # Exponents nested in exponents, long exponents, big factorials: sympy would take forever.
 _DANGEROUS = re.compile(r"\^\s*\{[^}]*\^|\^\s*\{?\s*\(?\s*\d{5,}|\*\*\s*\(?\s*\d{5,}|\*\*[^*]*\*\*|\d{4,}\s*!")
+# "1, 2, \ldots, 100": a list with an ellipsis in it
+_ENUMERATION = re.compile(r"\d\s*,\s*(?:\\[lcv]?dots|\\ldotp|\.\.\.|\u2026)\s*,?\s*\\?\$?\s*-?\d", re.ASCII)
 
 
-def plain_number(text: str) -> Fraction | None:
-    """'6,200', '$6200$', 'x = -3', '3.50', '\\frac{1}{2}', '1/2' -> exact value; anything else -> None."""
-    text = text.strip().rstrip(".").strip()
-    for pattern in _UNWRAP:
-        match = pattern.match(text)
-        if match:
-            text = match.group(1).strip()
-    text = text.replace("\\!", "").replace("{,}", ",").replace("\\$", "").replace("$", "").strip()
+@dataclass(frozen=True)
+class Plain:
+    value: Fraction
+    decimal: bool  # written with a decimal point (math-verify then compares rounded to 6 places)
+    digits: int
+
+
+def plain_number(text: str, boxed: bool = True) -> Plain | None:
+    """The exact value of a plain number or simple fraction written in full ('6,200', '$6200$', '3.50',
+    '\\frac{1}{2}', '1/2'), in the forms math-verify reads the same way; anything else -> None.
+    Outside a box only plain decimals count (math-verify's expression extraction skips '.5' or '10,\\!080'),
+    and a trailing period is dropped (inside a box, math-verify reads '6200.' as text)."""
+    text = text.strip()
+    if not boxed:
+        text = text.rstrip(".").strip()
+    match = _UNWRAP_DOLLARS.fullmatch(text)
+    if match:
+        text = match.group(1).strip()
+    if boxed:
+        text = text.replace("\\!", "").replace("{,}", ",")
     if len(text) > 60:
         return None
-    for pattern in _FRACTIONS:
+    for pattern in _FRACTIONS if boxed else ():
         fraction = pattern.fullmatch(text)
         if fraction:
             sign, numerator, denominator = fraction.groups()
-            return None if int(denominator) == 0 else Fraction(int(sign + numerator), int(denominator))
-    if not _NUMBER.fullmatch(text):
+            if int(denominator) == 0:
+                return None
+            return Plain(Fraction(int(sign + numerator), int(denominator)), False, len(numerator) + len(denominator))
+    if not (_NUMBER if boxed else _FREE_NUMBER).fullmatch(text):
         return None
-    return Fraction(text.replace(",", ""))
+    digits = sum(c.isdigit() for c in text)
+    return Plain(Fraction(text.replace(",", "")), "." in text, digits)
+
+
+def exact_verdict(answer: Plain, gold: Plain) -> bool | None:
+    """math-verify's verdict on two plain values, or None where it is not certain without math-verify."""
+    if answer.value == gold.value:
+        return True
+    if not (answer.decimal or gold.decimal):
+        return False  # integers and fractions: math-verify compares them exactly
+    if max(answer.digits, gold.digits) > 12:
+        return None  # past float precision: leave it to math-verify
+    return False if abs(answer.value - gold.value) >= Fraction(1, 10**5) else None
 
 
 def _in_main_thread() -> bool:
@@ -66,43 +113,82 @@ def _timeout() -> int | None:
     return MATH_VERIFY_TIMEOUT_S if _in_main_thread() else None
 
 
+def gold_text(gold: str) -> str:
+    """The gold as math-verify reads it: \\boxed{gold} (surrounding $ removed), unless it has a box already."""
+    gold = gold.strip()
+    if "\\boxed" in gold:
+        return gold
+    if len(gold) > 1 and gold.startswith("$") and gold.endswith("$") and not gold.endswith("\\$"):
+        gold = gold.strip("$").strip()
+    return "\\boxed{" + gold + "}"
+
+
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str, main_thread: bool) -> tuple:
     from math_verify import parse  # imported lazily: it pulls in sympy (slow to import)
 
-    text = gold if ("\\boxed" in gold or "$" in gold) else "\\boxed{" + gold + "}"
-    return tuple(parse(text, parsing_timeout=MATH_VERIFY_TIMEOUT_S if main_thread else None))
+    return tuple(parse(gold_text(gold), parsing_timeout=MATH_VERIFY_TIMEOUT_S if main_thread else None))
 
 
-def math_equal(predicted: str, gold: str, boxed: bool = True) -> bool:
-    """math-verify equivalence of a predicted answer and the gold, behind the caps above."""
+@lru_cache(maxsize=1)
+def prediction_config() -> list:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def math_verify_equal(text: str, gold: str) -> bool:
+    """Plain math-verify on a prediction text (boxes or free text) against the gold, behind the caps."""
     from math_verify import parse, verify
 
-    if not predicted or len(predicted) > MAX_ANSWER_CHARS or _DANGEROUS.search(predicted):
+    if not text or _DANGEROUS.search(text):
         return False
     gold_parsed = list(_parse_gold(gold, _in_main_thread()))
     if not gold_parsed:  # gold math-verify cannot read: fall back to text equality
-        return " ".join(predicted.split()) == " ".join(gold.split())
-    text = "\\boxed{" + predicted + "}" if boxed else predicted
-    predicted_parsed = parse(text, parsing_timeout=_timeout())
-    return bool(predicted_parsed) and verify(gold_parsed, predicted_parsed, timeout_seconds=_timeout())
+        return " ".join(text.split()) == " ".join(gold.split())
+    predicted = parse(text, extraction_config=prediction_config(), parsing_timeout=_timeout())
+    return bool(predicted) and verify(gold_parsed, predicted, timeout_seconds=_timeout())
 
 
-def answer_matches(answer: str | None, gold: Any, boxed: bool = True) -> bool:
-    if answer is None or gold is None:
+def _tail(part: str) -> str:
+    """An over-long unboxed answer part: its last MAX_PART_CHARS characters, from a line start."""
+    if len(part) <= MAX_PART_CHARS:
+        return part
+    window = part[-MAX_PART_CHARS:]
+    newline = window.find("\n")
+    return window[newline + 1:] if newline >= 0 else ""
+
+
+def grade(text: str, gold: Any) -> bool:
+    """Whether the completion `text` answers `gold` (see the module docstring for the rules)."""
+    if gold is None:
         return False
     gold = str(gold).strip()
-    if not boxed:
-        answer = answer[-MAX_ANSWER_CHARS:]  # free text: its end holds the answer
-    gold_value = plain_number(gold)
-    value = plain_number(answer)
-    if not boxed and value is None and gold_value is not None:
-        # Unboxed answer text ("The answer is 6200."): its last number is the answer.
-        numbers = _NUMBER.findall(answer)
-        value = Fraction(numbers[-1].replace(",", "")) if numbers else None
-    if gold_value is not None and value is not None:
-        return gold_value == value
-    return math_equal(answer, gold, boxed)
+    part = answer_part(text)
+    if not part or not gold:
+        return False
+    boxes, broken = boxed_all(part)
+    if broken:
+        return False
+    if boxes:
+        if any(len(box) > MAX_ANSWER_CHARS for box in boxes):
+            return False
+        # math-verify reads the boxes of the answer part first (boxed_match_priority=0), and an unreadable box
+        # as text rather than the numbers beside it; a very long part is cut down to its boxes
+        candidates = boxes
+        prediction = part if len(part) <= MAX_PART_CHARS else " ".join("\\boxed{" + box + "}" for box in boxes)
+    else:
+        prediction = _tail(part)
+        candidates = [prediction]
+    if any(_ENUMERATION.search(c) for c in candidates) and not _ENUMERATION.search(gold):
+        return False
+    if len(set(candidates)) == 1:
+        gold_value, value = plain_number(gold), plain_number(candidates[0], boxed=bool(boxes))
+        if gold_value is not None and value is not None:
+            verdict = exact_verdict(value, gold_value)
+            if verdict is not None:
+                return verdict
+    return math_verify_equal(prediction, gold)
 
 
 def score(text: str, columns: dict[str, Any]) -> float:
@@ -113,8 +199,7 @@ def score(text: str, columns: dict[str, Any]) -> float:
             expression = tail.splitlines()[-1] if tail else ""
         target = columns.get("target", columns.get("answer"))
         return float(countdown.check(expression, columns["numbers"], target))
-    answer, boxed = extract_answer(text)
-    return float(answer_matches(answer, columns.get("answer"), boxed))
+    return float(grade(text, columns.get("answer")))
 
 
 def accuracy() -> RewardFn:

@@ -8,6 +8,7 @@ column that is not a list is broadcast to every completion; unknown columns are 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 RewardFn = Callable[..., list[float]]
@@ -50,13 +51,50 @@ def after_think(text: str) -> str | None:
     return None if end < 0 else text[end + len("</think>"):].strip()
 
 
-def extract_answer(text: str) -> tuple[str | None, bool]:
-    """(answer text, whether it came from \\boxed{}).  Falls back to the text after </think>."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed, True
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)  # fenced code, closed or running to the end
+
+
+def answer_part(text: str) -> str | None:
+    """What a grader reads as the reply: the text after the last </think> (the whole text when there are no
+    think tags; None while a <think> is still open), with fenced code blocks removed (code is not a statement
+    of the answer: a \\boxed{} written in a code block does not count)."""
     tail = after_think(text)
-    return (tail or None), False
+    if tail is None:
+        if "<think>" in text:
+            return None
+        tail = text
+    return _FENCE.sub(" ", tail).strip()
+
+
+def boxed_all(text: str) -> tuple[list[str], bool]:
+    """(contents of every outermost closed \\boxed{...}, in order; whether a \\boxed is left unclosed)."""
+    contents, broken, end = [], False, 0
+    for match in re.finditer(r"\\boxed\s*\{", text):
+        if match.start() < end:  # a box inside a box: the outer one is the answer
+            continue
+        depth = 1
+        for j in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                contents.append(text[match.end():j])
+                end = j
+                break
+        else:
+            broken = True
+            end = len(text)
+    return contents, broken
+
+
+def extract_answer(text: str) -> tuple[str | None, bool]:
+    """(answer text, whether it came from \\boxed{}) under the grading rules: the boxes of the answer part
+    (several distinct ones joined by ", "), else the whole answer part; (None, False) without an answer."""
+    part = answer_part(text)
+    if not part:
+        return None, False
+    boxes, broken = boxed_all(part)
+    if boxes:
+        return ", ".join(dict.fromkeys(box.strip() for box in boxes)), True
+    return (None, False) if broken else (part, False)
 
 
 def batch(item: ItemFn, low: float, high: float, name: str) -> RewardFn:

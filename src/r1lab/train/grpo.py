@@ -31,6 +31,7 @@ from ..config import ConfigError, build
 from ..engine import Engine
 from ..model import load_model
 from ..rewards import combine
+from . import health
 from .dist import all_reduce_sum, distributed_job
 from .grpo_collect import PromptStream, Rollouts, SampleStats, collect
 from .grpo_config import PRESETS, GRPOConfig, GRPOSection
@@ -65,6 +66,7 @@ class GRPOStep:
         self.scorer = combine(cfg.rewards)
         self.engine = Engine(trainer.model, trainer.tokenizer, max_running=max(8, self.n_local * cfg.group_size))
         self.samples = None  # samples.jsonl on rank 0, opened at the first write
+        self.monitor = health.Monitor(cfg.stop_on)  # the health signs of each step (train/health.py)
 
     def __call__(self, step: int) -> dict[str, Any]:
         trainer, run = self.trainer, self.trainer.run
@@ -80,7 +82,10 @@ class GRPOStep:
         update = self.update(rollouts, int(n_rows_total), step)
         record = self.metrics(stats, int(n_rows_total), step, gen_s, time.perf_counter() - update_started)
         self.write_samples(step + 1, stats)
-        return {**record, **update}
+        record = {**record, **update}
+        record["health"] = self.monitor.check(record, stats.rewards, stats.repetition, self.cfg.group_size)
+        sick = self.monitor.stop(record["health"])  # a grpo.stop_on sign: the loop stops as at the time limit
+        return {**record, "stop": f"{', '.join(sick)} (grpo.stop_on)"} if sick else record
 
     def update(self, rollouts: Rollouts, n_rows_total: int, step: int) -> dict[str, Any]:
         """mu optimizer steps on the kept groups; the loss, gradient and MFU figures of the last one."""

@@ -16,6 +16,7 @@ from ..rewards import get as get_reward
 from ..rollout import rollout
 from ..tasks.datasets import DATASET_SUFFIXES, dataset_stream
 from ..tokenizer import Tokenizer
+from . import health
 from .grpo_config import GRPOSection
 from .grpo_loss import overlong_penalty
 
@@ -95,6 +96,7 @@ class SampleStats:
     tasks: list[str] = field(default_factory=list)  # each completion's task
     lengths: list[int] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
+    repetition: list[float] = field(default_factory=list)  # each completion's repeated n-gram share (health)
     groups_seen: int = 0
     groups_dropped: int = 0
     rounds: int = 0
@@ -108,6 +110,7 @@ class SampleStats:
         self.tasks += [p["task"] for p in out.problems for _ in range(out.k)]
         self.lengths += out.lengths
         self.truncated += out.truncated
+        self.repetition += [health.repetition(ids) for ids in out.token_ids]
         self.groups_seen += len(out.problems)
 
 

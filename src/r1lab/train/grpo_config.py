@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import TrainConfig
+from . import health
 
 
 @dataclass
@@ -32,6 +33,7 @@ class GRPOSection:
     micro_batch_size: int = 64  # completions per forward/backward
     samples_every: int = 10  # write a few completions to samples.jsonl every N steps
     samples_per_log: int = 4
+    stop_on: str = ""  # health signs that stop (and save) the run, e.g. "truncation,kl_spike" or "any" (train/health.py)
 
     def __post_init__(self) -> None:
         if self.advantage not in ("grpo", "dr_grpo"):
@@ -42,6 +44,7 @@ class GRPOSection:
             raise ValueError("grpo.group_size must be at least 2 (advantages are relative to the group)")
         if self.mu < 1:
             raise ValueError("grpo.mu must be at least 1")
+        health.check_stop_on(self.stop_on)
 
 
 @dataclass

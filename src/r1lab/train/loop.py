@@ -3,6 +3,7 @@ setup of the stateful parts, resume, metrics, progress, checkpoint cadence, the 
 final save, around a step function that the stage provides:
 
     step_fn(step) -> record      # step: 0-based optimizer step; record: that step's metrics (with "loss")
+                                 # a "stop" key (not logged) ends the run after this step, saved as at the time limit
 
 `lm_step` is pretraining's and SFT's step (one batch of the stream, one optimizer step); GRPO's is
 `train.grpo.GRPOStep` (collect -> advantages -> policy batch -> update -> metrics record).
@@ -133,17 +134,19 @@ def train(trainer: Trainer, stream: Stateful, step_fn: StepFn, *, desc: str, ext
     try:
         while step < cfg.max_steps:
             record = step_fn(step)
+            stop = record.pop("stop", None)  # a step function's reason to end the run here (saved like at the time limit)
             step += 1
             record = {"step": step, **record, "elapsed": time.perf_counter() - started}
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"{desc}: loss is {record['loss']} at step {step}; lower lr or check the data")
             logger.log(record)
             progress.update(step, record)
-            out_of_time = time_limit_s > 0 and time.perf_counter() - started >= time_limit_s
+            out_of_time = time_limit_s > 0 and time.perf_counter() - started >= time_limit_s or bool(stop)
             if dist.enabled:  # every rank must stop at the same step
                 out_of_time = bool(all_reduce_sum([float(out_of_time)], dist)[0])
             if out_of_time and dist.is_main:
-                print(f"{desc}: time limit of {time_limit_s:.0f} s reached at step {step}", file=sys.stderr)
+                print(f"{desc}: stopping at step {step}: {stop}" if stop else
+                      f"{desc}: time limit of {time_limit_s:.0f} s reached at step {step}", file=sys.stderr)
             if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps or out_of_time:
                 ckpt.save(step)
             if out_of_time:

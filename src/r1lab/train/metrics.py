@@ -82,6 +82,8 @@ class Progress:
         if "reward" in record:  # GRPO: the loss hovers near 0 by construction; the reward is what moves
             acc = f"  acc {record['accuracy']:.2f}" if "accuracy" in record else ""
             info = f"reward {record['reward']:.3f}{acc}  len {record['response_length']:.0f}  {record['tokens_per_s']:,.0f} tok/s"
+            signs = (record.get("health") or {}).get("signs")
+            info += f"  WARNING {', '.join(signs)}" if signs else ""  # health signs (train/health.py)
         else:
             info = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  MFU {record['mfu']:.1%}"
         if self.bar is not None:

@@ -1,0 +1,73 @@
+"""95% intervals for evaluation accuracies, and whether a difference is inside the noise.
+
+Methods (stated in the summaries and the report):
+- greedy and maj@k (cons@k), one 0/1 verdict per problem: the Wilson score interval over the n problems
+  (sound at 0% and 100% and for small n, where the normal interval collapses to a point);
+- pass@1, the mean over problems of each problem's share of k correct samples, two intervals:
+  "over problems": the normal (CLT) interval mean +- 1.96 * sd / sqrt(n) of the per-problem shares (it holds
+  both the problem-to-problem spread and the sampling noise), widened to the Wilson interval over the n
+  problems when every problem scored the same (sd 0 says nothing about noise);
+  "over samples": the noise of re-drawing the k samples for these same problems, +- 1.96 * sqrt(sum of
+  p_i (1 - p_i) / (k - 1)) / n (p_i a problem's share); 0 with k = 1 or no spread inside problems.
+A difference of two accuracies is inside the noise when its interval, +- sqrt(h_a^2 + h_b^2) from the two
+half-widths (independent samples), contains 0.
+"""
+from __future__ import annotations
+
+import math
+
+Z95 = 1.959963984540054
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion; None without data."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binary_interval(verdicts: list[float]) -> tuple[float, float] | None:
+    """95% interval of the share of 0/1 verdicts (one per problem): Wilson over problems."""
+    return wilson(sum(verdicts), len(verdicts))
+
+
+def mean_interval(shares: list[float]) -> tuple[float, float] | None:
+    """95% interval over problems of the mean of per-problem shares in [0, 1] (normal, Wilson at sd 0)."""
+    n = len(shares)
+    if n == 0:
+        return None
+    mean = sum(shares) / n
+    sd = math.sqrt(sum((s - mean) ** 2 for s in shares) / (n - 1)) if n > 1 else 0.0
+    if sd == 0.0:
+        return wilson(mean * n, n)
+    half = Z95 * sd / math.sqrt(n)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def sample_interval(shares: list[float], k: int) -> tuple[float, float] | None:
+    """95% interval of the mean share from re-drawing the k samples of the same problems."""
+    n = len(shares)
+    if n == 0 or k < 1:
+        return None
+    mean = sum(shares) / n
+    variance = sum(s * (1 - s) for s in shares) / (k - 1) / n ** 2 if k > 1 else 0.0
+    half = Z95 * math.sqrt(variance)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def half_width(interval) -> float:
+    return 0.0 if not interval else (interval[1] - interval[0]) / 2
+
+
+def inside_noise(a: float, a_interval, b: float, b_interval) -> bool:
+    """Whether a - b is indistinguishable from 0 at 95% given the two intervals."""
+    return abs(a - b) <= math.hypot(half_width(a_interval), half_width(b_interval))
+
+
+def fmt_interval(interval) -> str:
+    """'[81.2, 93.4]' in percent, or '' without one."""
+    return "" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
