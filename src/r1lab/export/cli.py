@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..model.checkpoint import read_config, rewrite_config, verify_checkpoint
 from ..model.serving import ENGINES, serving_problems
+from .gguf_file import write_gguf
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +33,6 @@ def run(args) -> int:
         changed = rewrite_config(folder)
         print(f"{folder / 'config.json'}: " + (f"updated {', '.join(changed)}" if changed else "already up to date"))
     if args.gguf:
-        from .gguf_file import write_gguf
-
         verify_checkpoint(folder)
         info = write_gguf(folder, args.gguf, args.gguf_type)
         print(f"wrote {info['path']}: {info['architecture']}, {info['tensors']} tensors, {info['bytes'] / 1e6:.1f} MB")
