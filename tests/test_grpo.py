@@ -177,3 +177,46 @@ def test_grpo_step_is_one_callable_step(tmp_path, init_ckpt):
     assert record["gen_tokens"] > 0 and record["lr"] == pytest.approx(1e-2) and "loss" in record
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert (tmp_path / "samples.jsonl").exists()  # step 1 writes a few samples
+
+
+def test_grpo_step_reports_the_gap_to_a_sampler_that_returns_log_probs(tmp_path, init_ckpt):
+    """An engine that returns its log-prob of each sampled token (as VLLMRollout does for grpo.rollout=vllm):
+    GRPOStep lines them up with the trainer's own and logs the gap. r1lab's engine asked for log-probs
+    computes the same policy as the trainer (fp32, temperature 1), so the gap is ~0; a shifted alignment
+    would give gaps of nats. Without sampler log-probs the record has no gap."""
+    import dataclasses
+
+    import r1lab
+    from r1lab.config import TrainConfig
+    from r1lab.train.dist import Dist, RunState
+    from r1lab.train.grpo import GRPOSection, GRPOStep, PromptStream
+    from r1lab.train.loop import Trainer
+
+    class WithLogprobs:
+        def __init__(self, engine):
+            self.engine, self.calls = engine, 0
+
+        def refresh(self):
+            self.engine.refresh()
+
+        def generate(self, prompt_ids, params, progress=False):
+            self.calls += 1
+            return self.engine.generate(prompt_ids, [dataclasses.replace(p, logprobs=True) for p in params])
+
+    section = GRPOSection(tasks="addition", group_size=4, prompts_per_step=2, max_new_tokens=8, dynamic_sampling=False,
+                          rewards={"repetition": 1.0})
+    records = []
+    for wrap in (False, True):
+        (tmp_path / str(wrap)).mkdir()
+        run = RunState(tmp_path / str(wrap), Dist(), TrainConfig(max_steps=2, lr=1e-2, warmup_steps=1, seed=0))
+        model, tokenizer = r1lab.load(init_ckpt)
+        step = GRPOStep(Trainer.build(run, model, tokenizer), section, PromptStream(section, seed=0))
+        if wrap:
+            step.engine = WithLogprobs(step.engine)
+        records.append(step(0))
+        step.close()
+    plain, gapped = records
+    assert step.engine.calls == 1
+    assert "sampler_dlogp_mean" not in plain
+    assert 0 <= gapped["sampler_dlogp_mean"] <= gapped["sampler_dlogp_max"] < 1e-3
+    assert gapped["loss"] == pytest.approx(plain["loss"], abs=1e-5)  # mu = 1: the sampler's numbers do not enter the loss

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "r1lab distill --teacher runs/r1/final --student runs/student-base/final --out runs/distill"),
     "speedrun": ("r1lab.speedrun", "the whole R1 recipe end to end: base, R1-Zero, R1, distillation, eval, report card",
                  "r1lab speedrun --preset cpu --out runs/speedrun"),
+    "export": ("r1lab.export.cli", "make a checkpoint load in vLLM / SGLang (--fix-config) or llama.cpp / Ollama (--gguf)",
+               "r1lab export runs/speedrun/final --gguf final.gguf"),
     "serve": ("r1lab.serve.cli", "OpenAI-compatible API + chat page that streams the thinking",
               "r1lab serve runs/speedrun/final --port 8000"),
     "chat": ("r1lab.serve.chat", "chat with a checkpoint in the terminal, thinking shown dimmed",

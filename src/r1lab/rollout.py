@@ -28,6 +28,8 @@ class Rollout:
     finish_reasons: list[str]  # "stop" or "length"
     columns: dict[str, list]  # the reward columns (answer, task, ...), repeated k times
     scores: Any = None  # what `scorer(texts, **columns)` returned, when a scorer was given
+    # the sampler's log-prob of each generated token, per sample, when the engine returns them (VLLMRollout)
+    sampler_logp: list[list[float] | None] | None = None
 
     @property
     def lengths(self) -> list[int]:
@@ -63,5 +65,7 @@ def rollout(engine: Engine, tokenizer: Tokenizer, problems: list[dict], k: int, 
     prefix = response_prefix_of(tokenizer)
     texts = [prefix + o.text for o in outs]
     columns = columns_of(problems, k)
+    sampler_logp = [getattr(o, "logprobs", None) for o in outs]
     return Rollout(problems, k, prompt_ids, texts, [list(o.token_ids) for o in outs], [o.finish_reason for o in outs],
-                   columns, scorer(texts, **columns) if scorer is not None else None)
+                   columns, scorer(texts, **columns) if scorer is not None else None,
+                   sampler_logp if any(lp is not None for lp in sampler_logp) else None)

@@ -32,6 +32,7 @@ from .config import ModelConfig
 from .families import FamilyConfig, FamilyLM, config_from_hf
 from .hub import resolve_folder
 from .moe import MoE
+from .serving import warn_if_unservable
 from .transformer import Transformer
 
 MANIFEST = "r1lab_manifest.json"
@@ -145,7 +146,38 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    warn_if_unservable(model.config, folder)
     return folder
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rewrite_config(folder: str | Path) -> list[str]:
+    """Bring an older checkpoint's config.json up to today's (the routing fields vLLM and SGLang read, the
+    serving dtype), keeping any other keys, and update the manifest so the checkpoint still verifies.
+    The weights are not touched. Returns the keys that were added or changed."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    verify_checkpoint(folder)  # do not bless a damaged checkpoint with a fresh manifest
+    cfg = read_config(folder)
+    old = json.loads(path.read_text())
+    new = {**old, **cfg.to_hf_dict()}
+    changed = sorted(k for k in new if old.get(k, object()) != new[k])
+    if not changed:
+        return []
+    _write_atomic(path, json.dumps(new, indent=2) + "\n")
+    manifest_path = folder / MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"]["config.json"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        _write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return changed
 
 
 # ---------------------------------------------------------------- load

@@ -108,6 +108,11 @@ class ModelConfig:
             "num_experts_per_tok": self.num_experts_per_tok,
             "n_group": self.n_group,
             "topk_group": self.topk_group,
+            # how DeepSeek-V3 routes: sigmoid scores, top-k on score + e_score_correction_bias. vLLM and SGLang
+            # read these two; without them they build DeepSeek-V2's softmax router (and no bias)
+            "topk_method": "noaux_tc",
+            "scoring_func": "sigmoid",
+            "moe_layer_freq": 1,
             "norm_topk_prob": self.norm_topk_prob,
             "routed_scaling_factor": self.routed_scaling_factor,
             # a dense model is a DeepseekV3 whose every layer is "first k dense"
@@ -126,7 +131,8 @@ class ModelConfig:
             "hidden_act": "silu",
             "attention_bias": False,
             "attention_dropout": 0.0,
-            "torch_dtype": "float32",
+            # the dtype to serve in (the weights on disk are fp32; vLLM's CPU MoE kernels take bf16 only)
+            "torch_dtype": "bfloat16",
             "use_cache": True,
             "r1lab": {
                 "attention": self.attention,
@@ -163,6 +169,8 @@ class ModelConfig:
         if kvh not in (None, hf.get("num_attention_heads")):
             raise ValueError("grouped key/value heads are not part of DeepSeek-V3; "
                              "num_key_value_heads must equal num_attention_heads")
+        if hf.get("scoring_func", "sigmoid") != "sigmoid":
+            raise ValueError(f"scoring_func {hf['scoring_func']!r}: r1lab's router is DeepSeek-V3's (sigmoid)")
         if isinstance(kwargs.get("eos_token_id"), list):
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
         if "mlp" not in ours and hf.get("first_k_dense_replace", 0) >= hf.get("num_hidden_layers", 0):
@@ -194,6 +202,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # smaller student for distillation (about 3x fewer parameters than cpu-tiny)
     "cpu-micro": dict(CPU_TINY, hidden_size=96, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=3,
                       num_attention_heads=3, kv_lora_rank=48, qk_nope_head_dim=24, v_head_dim=24, n_routed_experts=4),
+    # cpu-tiny with the MLA widths of the real DeepSeek models (latent 512, RoPE key 64), which vLLM's MLA
+    # kernels require: 2.4M parameters, the model of the vLLM / llama.cpp interop tests
+    "cpu-vllm": dict(CPU_TINY, kv_lora_rank=512, qk_rope_head_dim=64),
     # ~20M parameters: the mid-size benchmark model
     "cpu-20m": dict(
         vocab_size=4096, hidden_size=256, intermediate_size=768, moe_intermediate_size=192,
@@ -202,11 +213,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
         first_k_dense_replace=1, max_position_embeddings=2048,
     ),
-    # ~200M-parameter MoE for one GPU
+    # ~200M-parameter MoE for one GPU; MLA widths as DeepSeek-V3's (512 + 64), so vLLM and SGLang serve it
     "gpu-small": dict(
         vocab_size=32768, hidden_size=768, intermediate_size=2048, moe_intermediate_size=384,
-        num_hidden_layers=12, num_attention_heads=12, q_lora_rank=384, kv_lora_rank=256,
-        qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+        num_hidden_layers=12, num_attention_heads=12, q_lora_rank=384, kv_lora_rank=512,
+        qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64,
         n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
         routed_scaling_factor=2.5, first_k_dense_replace=1, num_nextn_predict_layers=1,
         max_position_embeddings=4096,

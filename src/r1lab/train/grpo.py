@@ -35,7 +35,7 @@ from . import health
 from .dist import all_reduce_sum, distributed_job
 from .grpo_collect import PromptStream, Rollouts, SampleStats, collect
 from .grpo_config import PRESETS, GRPOConfig, GRPOSection
-from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch
+from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch, sampler_logp_gap
 from .loop import Trainer, load_model_for, save_config, setup_run, train
 from .step import lr_at, train_step
 
@@ -64,7 +64,13 @@ class GRPOStep:
         self.trainer, self.cfg, self.prompts, self.reference = trainer, cfg, prompts, reference
         self.n_local = cfg.prompts_per_step // trainer.run.dist.world_size
         self.scorer = combine(cfg.rewards)
-        self.engine = Engine(trainer.model, trainer.tokenizer, max_running=max(8, self.n_local * cfg.group_size))
+        if cfg.rollout == "vllm":
+            from ..engine.vllm_rollout import VLLMRollout  # vLLM is heavy and optional
+
+            self.engine = VLLMRollout(trainer.model, trainer.tokenizer, cfg.vllm,
+                                      seed=trainer.run.train.seed + trainer.run.dist.rank)
+        else:
+            self.engine = Engine(trainer.model, trainer.tokenizer, max_running=max(8, self.n_local * cfg.group_size))
         self.samples = None  # samples.jsonl on rank 0, opened at the first write
         self.monitor = health.Monitor(cfg.stop_on)  # the health signs of each step (train/health.py)
 
@@ -99,8 +105,11 @@ class GRPOStep:
         advantages = group_advantages(torch.tensor(rollouts.rewards), cfg.group_size, cfg.advantage)
         batch = policy_batch(rollouts, advantages, trainer.tokenizer.pad_token_id, cfg.mask_truncated)
         n_tokens_total, = all_reduce_sum([float(batch.n_targets)], dist)
-        if cfg.mu > 1:  # the sampling policy's log-probs, fixed across the mu updates
+        gap = {}
+        if cfg.mu > 1 or rollouts.sampler_logp:  # the sampling policy's log-probs, fixed across the mu updates
             fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp")
+        if rollouts.sampler_logp:  # how far the sampler's log-probs are from the trainer's (vLLM: bf16)
+            gap = sampler_logp_gap(batch.old_logp, batch.target_mask, rollouts)
         if self.reference is not None:
             fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp")
         trainer.model.train()
@@ -113,7 +122,7 @@ class GRPOStep:
         n_micro, = all_reduce_sum([float(len(micro))], dist)
         flops = trainer.model.flops_per_token(batch.input_ids.shape[1]) * stats.tokens * cfg.mu
         return {"loss": stats.loss, "grad_norm": stats.grad_norm, **{k: v / n_micro for k, v in stats.parts.items()},
-                **stats.router, "train_tokens": stats.tokens,
+                **stats.router, **gap, "train_tokens": stats.tokens,
                 "mfu": flops / (time.perf_counter() - started) / trainer.peak}
 
     def metrics(self, stats: SampleStats, n_rows_total: int, step: int, gen_s: float, train_s: float) -> dict[str, Any]:
@@ -155,6 +164,8 @@ class GRPOStep:
         self.samples.flush()
 
     def close(self) -> None:
+        if self.cfg.rollout == "vllm":
+            self.engine.close()  # vLLM shuts down before the trainer tears the process group down
         if self.samples is not None:
             self.samples.close()
 

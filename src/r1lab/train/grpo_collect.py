@@ -79,14 +79,17 @@ class Rollouts:
     completion_ids: list[list[int]] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
+    sampler_logp: list[list[float]] = field(default_factory=list)  # the sampler's log-prob per token, when it gives them
 
-    def add(self, prompt_ids: list[int], completions: list[list[int]], rewards: list[float], truncated: list[bool]) -> None:
+    def add(self, prompt_ids: list[int], completions: list[list[int]], rewards: list[float], truncated: list[bool],
+            sampler_logp: list[list[float] | None] | None = None) -> None:
         """One group: its prompt's ids once per completion."""
         for completion, reward, cut in zip(completions, rewards, truncated):
             self.prompt_ids.append(prompt_ids)
             self.completion_ids.append(completion)
             self.rewards.append(reward)
             self.truncated.append(cut)
+        self.sampler_logp += [lp for lp in sampler_logp or [] if lp is not None]
 
 
 @dataclass
@@ -148,7 +151,8 @@ def collect(engine: Engine, tokenizer: Tokenizer, prompts: PromptStream, scorer,
             if cfg.dynamic_sampling and max(totals[group]) - min(totals[group]) < 1e-9:
                 stats.groups_dropped += 1
             elif len(kept.rewards) < n_local * group_size:
-                kept.add(out.prompt_ids[g], out.token_ids[group], totals[group], out.truncated[group])
+                kept.add(out.prompt_ids[g], out.token_ids[group], totals[group], out.truncated[group],
+                         out.sampler_logp[group] if out.sampler_logp is not None else None)
         for g, problem in enumerate(problems[:max(0, cfg.samples_per_log - len(stats.examples))]):
             stats.examples.append({"step": step, "prompt": problem["prompt"], "answer": problem.get("answer"),
                                    "completion": out.texts[g * group_size], "reward": totals[g * group_size]})

