@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..tokenizer import Tokenizer
 from .attention import rope_inv_freq
 from .config import ModelConfig
 from .moe import MoE
+from .publish import publish_folder, recover_folder
 from .transformer import Transformer
 
 MANIFEST = "r1lab_manifest.json"
@@ -107,7 +109,8 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
     (or bytes) stored beside the model, e.g. training state."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    recover_folder(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
         cfg = model.config
         (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
@@ -129,13 +132,7 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
+        publish_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,11 +141,19 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
 
 # ---------------------------------------------------------------- load
 
+_WARNED: set[str] = set()
+
+
 def verify_checkpoint(folder: str | Path, full: bool = True) -> None:
-    """Raise CheckpointError naming the first file that is missing, truncated or altered."""
+    """Raise CheckpointError naming the first file that is missing, truncated or altered. A folder without
+    a manifest (saved by transformers, or copied by hand) is loaded unverified, with a one-line warning."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.exists():
+        if str(folder) not in _WARNED:
+            _WARNED.add(str(folder))
+            print(f"r1lab: warning: {folder} has no {MANIFEST}; its files are not verified (fine for a folder saved "
+                  "by transformers; an r1lab checkpoint without one is incomplete)", file=sys.stderr)
         return
     try:
         manifest = json.loads(path.read_text())["files"]
@@ -159,10 +164,13 @@ def verify_checkpoint(folder: str | Path, full: bool = True) -> None:
         if not f.exists():
             raise CheckpointError(f"checkpoint file missing: {f}")
         size = f.stat().st_size
+        hint = (f"; if you edited it on purpose, run `r1lab checkpoint rehash {folder}`"
+                if name.endswith(".json") and name != MANIFEST else "")
         if size != meta["bytes"]:
-            raise CheckpointError(f"checkpoint file truncated or altered: {f} has {size} bytes, manifest says {meta['bytes']}")
+            raise CheckpointError(f"checkpoint file truncated or altered: {f} has {size} bytes, manifest says "
+                                  f"{meta['bytes']}{hint}")
         if full and _sha256(f) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {f}")
+            raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {f}{hint}")
 
 
 def read_config(folder: str | Path) -> ModelConfig:
@@ -170,7 +178,10 @@ def read_config(folder: str | Path) -> ModelConfig:
     if not path.exists():
         raise CheckpointError(f"not a checkpoint folder (no config.json): {folder}")
     try:
-        return ModelConfig.from_hf_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        return ModelConfig.from_hf_dict(data)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"cannot read model config {path}: {e}") from e
 
@@ -197,6 +208,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = torch.float32) -> Transformer:
     folder = Path(folder)
+    recover_folder(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     if verify:
