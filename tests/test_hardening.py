@@ -26,7 +26,10 @@ from r1lab.cli import main
 from r1lab.config import ConfigError, TrainConfig
 from r1lab.model import Transformer, load_model, save_checkpoint
 from r1lab.model.checkpoint import CheckpointError
-from r1lab.train.loop import Checkpointer, Dist, RunState, make_optimizer, setup_run
+from r1lab.train.checkpoint import Checkpointer
+from r1lab.train.dist import Dist, RunState
+from r1lab.train.loop import setup_run
+from r1lab.train.step import make_optimizer
 
 TINY = ["hidden_size=32", "intermediate_size=64", "moe_intermediate_size=16", "num_hidden_layers=2",
         "num_attention_heads=2", "kv_lora_rank=16", "qk_nope_head_dim=8", "qk_rope_head_dim=8", "v_head_dim=8",
@@ -92,13 +95,27 @@ def test_02_init_and_tokenizer_do_not_overwrite_a_checkpoint(tmp_path, ckpt, tok
                  "--overwrite"]) == 0
 
 
+class _Position:
+    """A data stream's position, all a checkpoint needs from it."""
+
+    def state_dict(self) -> dict:
+        return {"doc": 0, "offset": 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _checkpointer(run: RunState, model: Transformer, tokenizer) -> Checkpointer:
+    return Checkpointer(run, model, tokenizer, make_optimizer(model, run.train), _Position())
+
+
 def _saved_run(folder: Path, tokenizer, steps: list[int], keep: int = 5) -> RunState:
     cfg = TrainConfig(max_steps=10, seq_len=32, batch_size=2, keep_checkpoints=keep)
     run = RunState(folder, Dist(), cfg)
     torch.manual_seed(0)
     model = Transformer(tiny_config(tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2))
     for step in steps:
-        Checkpointer(run).save(step, model, tokenizer, make_optimizer(model, cfg), {"doc": 0, "offset": 0})
+        _checkpointer(run, model, tokenizer).save(step)
     return run
 
 
@@ -130,7 +147,7 @@ def test_03_damaged_newer_checkpoints_do_not_prune_good_ones(tmp_path, tokenizer
     resumed = setup_run(out, None, resume=True, train_cfg=cfg)
     assert resumed.resume_from == out / "checkpoints" / "step_2"
     model = load_model(resumed.resume_from)
-    Checkpointer(resumed).save(3, model, tokenizer, make_optimizer(model, cfg), {"doc": 0, "offset": 0})
+    _checkpointer(resumed, model, tokenizer).save(3)
     # step_3 is the newest good checkpoint: kept, although the damaged step_4 is numbered higher
     assert (out / "checkpoints" / "step_3").is_dir()
     assert run.train.keep_checkpoints == 5
