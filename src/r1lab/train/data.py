@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -109,18 +109,22 @@ def read_rows(path: str | Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     text = read_utf8(path)
     if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: expected a JSON object ({{...}}), got {type(row).__name__}")
-                rows.append(row)
-        return rows
+        return [row for _, row in jsonl_rows(path, text)]
     return [{"text": p.strip()} for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of `text` (read from `path`); a line that is not a JSON
+    object is an error naming path:line."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object ({{...}}), got {type(row).__name__}")
+            yield n, row
 
 
 def read_utf8(path: Path) -> str:

@@ -3,11 +3,10 @@ the file and line (bad JSON, a line that is not an object, bytes that are not UT
 fields the command needs), not a traceback when training reaches that row, hours in."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from .data import pretrain_text, read_rows, read_utf8, split_chat
+from .data import jsonl_rows, pretrain_text, read_rows, read_utf8, split_chat
 
 
 def _rows_with_place(path: Path) -> Iterator[tuple[str, dict]]:
@@ -15,16 +14,8 @@ def _rows_with_place(path: Path) -> Iterator[tuple[str, dict]]:
         for i, row in enumerate(read_rows(path), 1):
             yield f"{path}: row {i}", row
         return
-    for n, line in enumerate(read_utf8(path).splitlines(), 1):
-        if line.strip():
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{where}: not a JSON object: {e}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object ({{...}}), got {type(row).__name__}")
-            yield where, row
+    for n, row in jsonl_rows(path, read_utf8(path)):
+        yield f"{path}:{n}", row
 
 
 def _check_chat(row: dict) -> None:
