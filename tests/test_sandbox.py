@@ -7,6 +7,8 @@ import os
 import resource
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,3 +139,77 @@ def test_a_batch_runs_in_parallel():
     started = time.monotonic()
     assert code([sleeper] * 8, tests=[["assert ok()"]] * 8) == [1.0] * 8
     assert time.monotonic() - started < 4  # one after another would take over 8 s
+
+
+# ---------------------------------------------------------------- issue 22: what used to escape
+
+def _threads_named(name: str) -> list[str]:
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/task/[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                found.append(str(comm))
+        except OSError:
+            pass
+    return found
+
+
+def test_22_05_a_child_whose_main_thread_exited_is_killed():
+    # a forked child ends its main thread (a zombie leader) while another of its threads keeps running,
+    # holding the output pipes; it must die with the run, and the run must not wait for its timeout
+    name = "r1x" + secrets.token_hex(5)
+    program = ("import ctypes, os, threading, time\n"
+               "if os.fork() == 0:\n"
+               "    os.setsid()\n"  # out of the process group too
+               "    def linger():\n"
+               f"        open(f'/proc/self/task/{{threading.get_native_id()}}/comm', 'w').write({name!r})\n"
+               "        time.sleep(30)\n"
+               "    threading.Thread(target=linger).start()\n"
+               "    time.sleep(0.3)\n"
+               "    ctypes.CDLL(None).pthread_exit(None)\n"
+               "time.sleep(0.8)\nprint('parent done')")
+    result = run_python(program, timeout_s=8)
+    assert result.stdout == "parent done\n" and not result.timed_out and result.wall_s < 5
+    time.sleep(0.2)
+    assert _threads_named(name) == []
+
+
+def _sysv_ids() -> set[str]:
+    ids = set()
+    for kind in ("shm", "msg", "sem"):
+        lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+        ids |= {f"{kind}:{line.split()[1]}" for line in lines}
+    return ids
+
+
+def test_22_06_sysv_ipc_objects_do_not_outlive_a_run():
+    program = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+               "shm = libc.shmget(0, 64 << 20, 0o1000 | 0o666)\n"  # IPC_PRIVATE, IPC_CREAT
+               "addr = libc.shmat(shm, None, 0)\n"
+               "msg = libc.msgget(0, 0o1000 | 0o666)\nsem = libc.semget(0, 1, 0o1000 | 0o666)\n"
+               "print(shm, msg, sem)")
+    before = _sysv_ids()
+    try:
+        result = run_python(program, memory_mb=256)
+        assert result.returncode == 0 and all(int(x) >= 0 for x in result.stdout.split()), result
+        assert _sysv_ids() - before == set()
+    finally:
+        for leftover in _sysv_ids() - before:  # keep the machine clean where the run did not
+            kind, ident = leftover.split(":")
+            subprocess.run(["ipcrm", {"shm": "-m", "msg": "-q", "sem": "-s"}[kind], ident], check=False)
+
+
+def test_22_07_other_processes_are_invisible():
+    token = "r1lab-secret-" + secrets.token_hex(6)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"--api-key={token}"])
+    try:
+        program = ("import os\nseen = []\nfor pid in os.listdir('/proc'):\n    if pid.isdigit():\n"
+                   "        try:\n            seen.append(open(f'/proc/{pid}/cmdline', 'rb').read())\n"
+                   "        except OSError:\n            pass\n"
+                   "print(len(seen), any(b'r1lab-secret-' in c for c in seen))")
+        result = run_python(program)
+        count, leaked = result.stdout.split()
+        assert leaked == "False" and int(count) <= 3, result.stdout  # its own processes only
+    finally:
+        other.kill()
+        other.wait()

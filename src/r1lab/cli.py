@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "r1lab speedrun --preset cpu --out runs/speedrun"),
     "export": ("r1lab.export.cli", "make a checkpoint load in vLLM / SGLang (--fix-config) or llama.cpp / Ollama (--gguf)",
                "r1lab export runs/speedrun/final --gguf final.gguf"),
+    "checkpoint": ("r1lab.checkpoint_cli", "rehash a checkpoint's manifest after a deliberate edit of its files",
+                   "r1lab checkpoint rehash runs/sft/final"),
     "serve": ("r1lab.serve.cli", "OpenAI-compatible API + chat page that streams the thinking",
               "r1lab serve runs/speedrun/final --port 8000"),
     "chat": ("r1lab.serve.chat", "chat with a checkpoint in the terminal, thinking shown dimmed",
@@ -92,12 +94,13 @@ def _main(argv: list[str]) -> int:
 
     try:
         return int(run(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"r1lab {ns.command}: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `r1lab ... | head`: the reader left, nothing more to say
         sys.stderr.close()
         return 0
+    except (ConfigError, CheckpointError, OSError, ValueError, FloatingPointError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the exception held
+        print(f"r1lab {ns.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"r1lab {ns.command}: interrupted", file=sys.stderr)
         return 130

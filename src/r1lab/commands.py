@@ -8,6 +8,7 @@ import torch
 
 from . import tasks
 from .config import build, model_presets, parse_knobs
+from .guard import check_output
 from .model import Transformer, save_checkpoint
 from .model.config import ModelConfig
 from .tokenizer import Tokenizer, train_tokenizer
@@ -31,6 +32,7 @@ class InitConfig:
 def add_init_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu-tiny", help="model preset name or YAML file (default cpu-tiny)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint or tokenizer already in --out")
     p.add_argument("--tokenizer", help="reuse the tokenizer in this folder instead of training one")
     p.add_argument("--text", action="append", metavar="FILE",
                    help="train the tokenizer on this .txt/.jsonl file (repeatable; default: built-in tasks)")
@@ -39,6 +41,7 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_init(args) -> int:
     cfg = build(InitConfig, model_presets(), args.preset, args.overrides)
+    check_output(args.out, overwrite=args.overwrite)
     tok = Tokenizer.load(args.tokenizer) if args.tokenizer else make_tokenizer(cfg.model.vocab_size, args.text)
     if tok.vocab_size > cfg.model.vocab_size:
         cfg.model.vocab_size = tok.vocab_size
@@ -57,12 +60,14 @@ def run_init(args) -> int:
 def add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write tokenizer.json + tokenizer_config.json into")
     p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--overwrite", action="store_true", help="replace a tokenizer or checkpoint already in --out")
     p.add_argument("--text", action="append", metavar="FILE",
                    help=".txt/.jsonl/.parquet file to train on, read as pretraining reads it (repeatable; "
                         "default: built-in tasks)")
 
 
 def run_tokenizer(args) -> int:
+    check_output(args.out, overwrite=args.overwrite)
     tok = make_tokenizer(args.vocab_size, args.text)
     tok.save(args.out)
     print(f"wrote {args.out}/tokenizer.json: vocab {tok.vocab_size}")

@@ -49,6 +49,24 @@ class TrainConfig:
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     optimizer: str = "adamw"  # adamw | muon (Muon for the matrices inside the blocks, AdamW for the rest)
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"max_steps": 1, "batch_size": 1, "micro_batch_size": 0, "seq_len": 2, "warmup_steps": 0,
+                            "weight_decay": 0, "grad_clip": 0, "save_every": 0, "keep_checkpoints": 0, "log_every": 1,
+                            "seed": 0, "min_lr_ratio": 0})
+        if not 0 < self.lr < float("inf"):
+            raise ValueError(f"train.lr must be a positive number, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+def check_ranges(obj: Any, lows: dict[str, float], section: str = "train") -> None:
+    """ValueError naming the first field below its lowest allowed value (e.g. max_steps=0)."""
+    for name, low in lows.items():
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < low:
+            raise ValueError(f"{section}.{name} must be at least {low}, got {value!r}")
+
 
 def field_names(obj: Any, prefix: str = "") -> list[str]:
     """All settable keys of a (nested) dataclass, dotted."""
@@ -165,7 +183,14 @@ def build(cls: type, presets: dict[str, dict] | None = None, preset: str | None 
             path = Path(preset)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            data = yaml.safe_load(path.read_text()) or {}
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+                raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"cannot read config file {path}: {e}") from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values")
             apply_dict(obj, data)

@@ -72,6 +72,8 @@ class BackendText:
         return self.vocab_size
 
     def encode(self, text: str) -> list[int]:
+        if len(text) > 4096:  # the same ids; encode_batch releases the GIL, so a long text stalls no other thread
+            return self.backend.encode_batch([text], add_special_tokens=False)[0].ids
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -142,6 +144,14 @@ class Tokenizer(BackendText):
         if cfg_path.exists():
             max_len = int(json.loads(cfg_path.read_text()).get("model_max_length", max_len) or max_len)
         return cls(backend, model_max_length=min(max_len, 1 << 30))
+
+
+def max_token_chars(tokenizer) -> int:
+    """The most characters one token of `tokenizer` can stand for (its longest vocabulary entry; 16 when unknown):
+    a text longer than n * max_token_chars cannot fit in n tokens."""
+    backend = getattr(tokenizer, "backend", None) or getattr(tokenizer, "_tokenizer", None)
+    vocab = backend.get_vocab() if backend is not None and hasattr(backend, "get_vocab") else {}
+    return max([len(piece) for piece in vocab] + [16])
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Tokenizer:

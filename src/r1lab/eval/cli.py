@@ -35,8 +35,26 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write per-problem results here (JSONL); a summary goes beside it (.summary.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
                    help="difficulty knob for built-in tasks, e.g. --knob digits=4 (repeatable)")
+
+
+def check_eval_args(args) -> None:
+    """Bad numbers and an --out that would be overwritten are refused before the model is loaded."""
+    for name, low in (("n", 1), ("k", 0), ("max_tokens", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.temperature is not None and not 0 <= args.temperature <= 100:
+        raise ValueError(f"--temperature must be in [0, 100], got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give a .jsonl file path")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
 
 
 def settings_for(spec: str, args, model_defaults: dict | None = None) -> dict:
@@ -96,10 +114,13 @@ def run_eval(args) -> int:
     from .evaluate import evaluate_with, load_problems, write_results
 
     knobs = parse_knobs(args.knob)
+    check_eval_args(args)
     generate, source, model_defaults = _generator(args)
     results = []
     for spec in [s.strip() for s in args.tasks.split(",") if s.strip()]:
         problems = load_problems(spec, args.n, seed=args.seed, **(knobs if is_task(spec) else {}))
+        if not problems:
+            raise ValueError(f"{spec}: no problems to evaluate (an empty file?)")
         results.append(evaluate_with(generate, problems, task=Path(spec).stem, k=args.k, max_tokens=args.max_tokens,
                                      greedy=not args.no_greedy, seed=args.seed, **settings_for(spec, args, model_defaults)))
     print_table(results, f"eval of {source}", args.k)

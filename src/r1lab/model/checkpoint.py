@@ -33,6 +33,7 @@ from .families import FamilyConfig, FamilyLM, config_from_hf
 from .hub import resolve_folder
 from .moe import MoE
 from .serving import warn_if_unservable
+from .publish import publish_folder, recover_folder
 from .transformer import Transformer
 
 MANIFEST = "r1lab_manifest.json"
@@ -111,7 +112,8 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
     (or bytes) stored beside the model, e.g. training state."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    recover_folder(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
         cfg = model.config
         if isinstance(cfg, FamilyConfig):  # the dtype written, and the checkpoint's own generation defaults
@@ -136,13 +138,7 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
+        publish_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -182,11 +178,19 @@ def rewrite_config(folder: str | Path) -> list[str]:
 
 # ---------------------------------------------------------------- load
 
+_WARNED: set[str] = set()
+
+
 def verify_checkpoint(folder: str | Path, full: bool = True) -> None:
-    """Raise CheckpointError naming the first file that is missing, truncated or altered."""
+    """Raise CheckpointError naming the first file that is missing, truncated or altered. A folder without
+    a manifest (saved by transformers, or copied by hand) is loaded unverified, with a one-line warning."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.exists():
+        if str(folder) not in _WARNED:
+            _WARNED.add(str(folder))
+            print(f"r1lab: warning: {folder} has no {MANIFEST}; its files are not verified (fine for a folder saved "
+                  "by transformers; an r1lab checkpoint without one is incomplete)", file=sys.stderr)
         return
     try:
         manifest = json.loads(path.read_text())["files"]
@@ -197,10 +201,13 @@ def verify_checkpoint(folder: str | Path, full: bool = True) -> None:
         if not f.exists():
             raise CheckpointError(f"checkpoint file missing: {f}")
         size = f.stat().st_size
+        hint = (f"; if you edited it on purpose, run `r1lab checkpoint rehash {folder}`"
+                if name.endswith(".json") and name != MANIFEST else "")
         if size != meta["bytes"]:
-            raise CheckpointError(f"checkpoint file truncated or altered: {f} has {size} bytes, manifest says {meta['bytes']}")
+            raise CheckpointError(f"checkpoint file truncated or altered: {f} has {size} bytes, manifest says "
+                                  f"{meta['bytes']}{hint}")
         if full and _sha256(f) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {f}")
+            raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {f}{hint}")
 
 
 def read_config(folder: str | Path) -> ModelConfig | FamilyConfig:
@@ -212,7 +219,10 @@ def read_config(folder: str | Path) -> ModelConfig | FamilyConfig:
     gen_path = Path(folder) / "generation_config.json"
     try:
         generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-        return config_from_hf(json.loads(path.read_text()), generation)
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        return config_from_hf(data, generation)
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"cannot read model config {path}: {e}") from e
 
@@ -244,6 +254,7 @@ def _read_tensors(folder: Path, dtype: torch.dtype | None = None) -> dict[str, t
 def load_model(folder: str | Path, verify: bool = True, dtype: torch.dtype = torch.float32) -> Transformer | FamilyLM:
     """The model of a checkpoint folder (or a Hugging Face hub id), its floating-point weights in `dtype`."""
     folder = resolve_folder(folder)
+    recover_folder(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     if verify:

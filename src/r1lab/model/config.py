@@ -56,6 +56,22 @@ class ModelConfig:
     mtp_loss_weight: float = 0.3  # lambda for the multi-token prediction loss
 
     def __post_init__(self) -> None:
+        positive = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "qk_rope_head_dim",
+                    "v_head_dim", "max_position_embeddings", "intermediate_size"]
+        if self.attention == "mla":
+            positive.append("kv_lora_rank")
+        if self.mlp == "moe":
+            positive += ["moe_intermediate_size", "n_routed_experts", "num_experts_per_tok", "n_group", "topk_group"]
+        for name in positive + ["q_lora_rank", "qk_nope_head_dim", "n_shared_experts", "first_k_dense_replace",
+                                "num_nextn_predict_layers"]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name in positive else 0):
+                kind = "a positive" if name in positive else "a non-negative"
+                raise ValueError(f"model.{name} must be {kind} integer, got {value!r}")
+        for name in ("rope_theta", "rms_norm_eps", "routed_scaling_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"model.{name} must be a positive number, got {value!r}")
         if self.attention not in ("mla", "mha"):
             raise ValueError(f"attention must be 'mla' or 'mha', got {self.attention!r}")
         if self.mlp not in ("moe", "dense"):

@@ -6,10 +6,20 @@
 
 The child is `python -I -S -c LAUNCHER` (isolated mode, no site: the standard library
 only, no user or environment paths) with an environment of PATH, LANG and HOME only,
-started in a new session.  The launcher, in the child, before running the code:
-1. network: unshare(CLONE_NEWNET) gives it a new, empty network namespace (not even
-   loopback is up).  Needs root/CAP_SYS_ADMIN; where it fails, an audit hook blocks
-   sockets, ctypes and spawning programs instead (weaker: only Python-level calls).
+started in a new session.  The launcher (sandbox_launcher.py), in the child, before running the code:
+0. namespaces: unshare(CLONE_NEWNET | NEWNS | NEWPID | NEWIPC) (not root: inside a new user
+   namespace, where the user is root).  It then forks PID 1 of the new PID namespace, which
+   mounts a /proc of its own (other processes' cmdline and environment are invisible) and
+   forks the program; when the program exits, PID 1 exits and the kernel kills everything
+   left in the namespace (setsid, double forks, zombies whose threads still run), and the
+   IPC namespace, with any SysV shared memory, queues and semaphores, is freed.  The
+   launcher outside relays the program's exit status (or signal).
+1. network: the new, empty network namespace (not even loopback is up).  Where namespaces
+   are not available, an audit hook blocks sockets, ctypes and spawning programs instead
+   (weaker: only Python-level calls), and the parent kills the process group and the
+   run's uid and removes the SysV IPC objects the run's user created during the run.
+   No seccomp filter: inside the namespaces the program can still make any system call
+   (e.g. create a nested user namespace), as its uid, confined to those namespaces.
 2. (root) a private mount namespace where the world-writable folders (/tmp, /var/tmp,
    /dev/shm, /run/lock) are read-only and its own working folder is writable.
 3. limits: RLIMIT_CPU (timeout rounded up), RLIMIT_AS (memory_mb), RLIMIT_NPROC,
@@ -47,99 +57,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-# Runs in the child as `python -I -S -c _LAUNCHER CONFIG`; reads main.py, removes it, runs it.
-_LAUNCHER = r"""
-import json, os, resource, sys
-
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-CLONE_NEWNET, CLONE_NEWNS = 0x40000000, 0x00020000
-
-
-def _libc_call(name, *args):
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, name)(*args) != 0:
-        raise OSError(ctypes.get_errno(), f"{name}{args}")
-
-
-def _isolate_network():
-    try:
-        _libc_call("unshare", CLONE_NEWNET)  # an empty namespace: not even loopback is up
-        return None
-    except Exception:
-        blocked = ("socket.", "ctypes.", "_ctypes.", "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn",
-                   "os.spawn")
-
-        def audit(event, args):
-            if event.startswith(blocked):
-                raise PermissionError(f"sandbox: {event} is not allowed (no network namespace)")
-
-        return audit
-
-
-def _freeze_shared_folders(folders, workdir):
-    # A private mount namespace where the world-writable folders are read-only and the
-    # working folder (itself inside /tmp) is re-mounted writable on top.
-    try:
-        _libc_call("unshare", CLONE_NEWNS)
-        _libc_call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
-        for folder in folders:
-            _libc_call("mount", folder.encode(), folder.encode(), None, MS_BIND | MS_REC, None)
-            read_only = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
-            _libc_call("mount", None, folder.encode(), None, read_only, None)
-        _libc_call("mount", workdir.encode(), workdir.encode(), None, MS_BIND, None)  # inherits read-only...
-        _libc_call("mount", None, workdir.encode(), None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, None)  # ...undo
-    except Exception:
-        pass  # the parent deletes what the run leaves in those folders instead
-
-
-def _import_through_handles():
-    # The standard library may sit where the new uid cannot look (e.g. under /root):
-    # import through directory handles opened now, while we can still open them.
-    handles = {}
-    for path in sys.path:
-        try:
-            handles[path] = f"/proc/self/fd/{os.open(path, os.O_RDONLY | os.O_DIRECTORY)}"
-        except OSError:
-            pass
-
-    def via_handle(path):
-        for old, new in handles.items():
-            if path == old or path.startswith(old + os.sep):
-                return new + path[len(old):]
-        return path
-
-    for module in list(sys.modules.values()):  # packages imported already (collections, encodings)
-        if isinstance(getattr(module, "__path__", None), list):
-            module.__path__[:] = [via_handle(p) for p in module.__path__]
-    sys.path[:] = list(handles.values())
-    sys.path_importer_cache.clear()
-
-
-def _launch():
-    config = json.loads(sys.argv[1])
-    audit = _isolate_network()
-    if config["uid"] is not None:
-        _freeze_shared_folders(config["shared_folders"], config["workdir"])
-    for name, value in config["limits"]:
-        resource.setrlimit(getattr(resource, name), (value, value + 1) if name == "RLIMIT_CPU" else (value, value))
-    os.chdir(config["workdir"])
-    if config["uid"] is not None:
-        _import_through_handles()
-        os.setgroups([])
-        os.setgid(config["uid"])
-        os.setuid(config["uid"])
-    with open("main.py", "rb") as file:
-        source = file.read()
-    os.unlink("main.py")
-    if audit is not None:
-        sys.addaudithook(audit)
-    sys.argv = ["main.py"]
-    return compile(source, "main.py", "exec")
-
-
-exec(_launch(), {"__name__": "__main__", "__builtins__": __builtins__})
-"""
+from .sandbox_launcher import LAUNCHER as _LAUNCHER
 
 # Folders anyone may write to: read-only inside the sandbox, swept for its leftovers after.
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -169,7 +87,7 @@ def _fresh_uid() -> int:
 
 
 def _processes_of(uid: int) -> list[int]:
-    """Live (non-zombie) processes whose real uid is `uid`."""
+    """Live processes whose real uid is `uid`."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -179,7 +97,8 @@ def _processes_of(uid: int) -> list[int]:
                 fields = dict(line.split(":", 1) for line in status if ":" in line)
         except OSError:
             continue
-        if fields.get("State", "").strip().startswith("Z"):
+        # a zombie is dead unless other threads of it still run (its main thread called pthread_exit)
+        if fields.get("State", "").strip().startswith("Z") and int(fields.get("Threads", "1").strip() or 1) <= 1:
             continue
         if int(fields.get("Uid", "-1").split()[0]) == uid:
             found.append(int(entry))
@@ -198,6 +117,38 @@ def _kill_uid(uid: int) -> None:
             except OSError:
                 pass
         time.sleep(0.005)
+
+
+_IPC_KINDS = {"shm": ("shmid", "shmctl"), "msg": ("msqid", "msgctl"), "sem": ("semid", "semctl")}
+
+
+def _ipc_objects() -> set[tuple[str, int, int]]:
+    """Every System V IPC object this IPC namespace holds, as (kind, id, creator uid)."""
+    found = set()
+    for kind, (id_column, _) in _IPC_KINDS.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as table:
+                header = table.readline().split()
+                for line in table:
+                    row = dict(zip(header, line.split()))
+                    found.add((kind, int(row[id_column]), int(row["cuid"])))
+        except (OSError, KeyError, ValueError):
+            continue
+    return found
+
+
+def _sweep_ipc(before: set[tuple[str, int, int]], uid: int) -> None:
+    """Remove the SysV shared memory, message queues and semaphores that user `uid` created during a run.
+    Inside the run's own IPC namespace they vanish with it; this is for machines without namespaces."""
+    new = [(kind, ident) for kind, ident, creator in _ipc_objects() - before if creator == uid]
+    if not new:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, ident in new:
+        call = getattr(libc, _IPC_KINDS[kind][1])
+        call(ident, *((0,) if kind == "sem" else ()), 0, None)  # IPC_RMID = 0
 
 
 def _remove_files_of(uid: int) -> None:
@@ -262,6 +213,7 @@ def run_python(
     # Not root: RLIMIT_NPROC counts every process of our user, so leave room for those.
     nproc = max_processes if root else len(_processes_of(os.getuid())) + max_processes
     workdir = tempfile.mkdtemp(prefix="r1lab-sandbox-")
+    ipc_before = _ipc_objects()
     try:
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as program:
             program.write(code)
@@ -311,6 +263,7 @@ def run_python(
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        _sweep_ipc(ipc_before, os.getuid() if uid is None else uid)
         if uid is not None:
             _kill_uid(uid)
             _remove_files_of(uid)

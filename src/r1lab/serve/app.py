@@ -25,26 +25,33 @@ from importlib import resources
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..model.families import generation_defaults
+from ..tokenizer import max_token_chars
 from .errors import APIError, install_error_handlers
 from .generation import Job, JobStream, ServerState, chat_full, chat_stream, text_full, text_stream, with_disconnect_watch
 from .metrics import MetricsMiddleware
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, SamplingFields
+from .security import DEFAULT_MAX_BODY, SecurityMiddleware
 
 
 def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, max_waiting: int = 128,
-               max_running: int | None = None) -> FastAPI:
+               max_running: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
     """The FastAPI app serving `engine` (already started: `engine.start()`) under the id `model_name`.
 
-    max_running defaults to the engine's own; with max_waiting it bounds the sequences in flight."""
+    max_running defaults to the engine's own; with max_waiting it bounds the sequences in flight.
+    max_body_bytes, the Host check and the security headers: see security.py."""
     running = max_running if max_running is not None else int(getattr(engine, "max_running", 64))
     state = ServerState(engine, tokenizer, model_name, api_key or None, running + max_waiting, int(engine.max_model_len))
     app = FastAPI(title="r1lab", version=__version__, description="OpenAI-compatible API for an r1lab checkpoint.")
     app.state.server = state
     install_error_handlers(app)
+    # a prompt longer than this many characters cannot fit the context: refused without tokenizing it
+    max_chars = state.max_model_len * max_token_chars(tokenizer) + 256
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(SecurityMiddleware, api_key=state.api_key, max_body_bytes=max_body_bytes)
 
     def check_key(request: Request) -> None:
         if state.api_key is None:
@@ -62,8 +69,7 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
-        page = resources.files("r1lab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
 
     @app.get("/health")
     def health() -> dict:
@@ -82,7 +88,10 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         _check_model(state, body)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        prompt = _encode(lambda: state.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        _check_chars(state, sum(len(m["content"]) for m in messages), max_chars, "messages")
+        # tokenizing a long prompt takes a while: in a worker thread, so the event loop keeps serving others
+        prompt = await run_in_threadpool(_encode, lambda: state.tokenizer.apply_chat_template(messages,
+                                                                                             add_generation_prompt=True))
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if body.top_logprobs and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -98,8 +107,11 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
         if body.max_tokens == 0 and not body.echo and body.prompt_logprobs is None:
             raise APIError(400, "max_tokens: 0 generates nothing; it is only allowed with echo or prompt_logprobs "
                            "(to score the prompt)", param="max_tokens")
-        prompts = _completion_prompts(state, body.prompt)
-        echo = [state.tokenizer.decode(p) for p in prompts] if body.echo else None
+        if isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], str)):
+            for text in [body.prompt] if isinstance(body.prompt, str) else body.prompt:
+                _check_chars(state, len(text), max_chars, "prompt")
+        prompts = await run_in_threadpool(_completion_prompts, state, body.prompt)
+        echo = await run_in_threadpool(lambda: [state.tokenizer.decode(p) for p in prompts]) if body.echo else None
         scored = [k for k in (body.logprobs if body.echo else None, body.prompt_logprobs) if k is not None]
         job = _admit(state, request, prompts, body, body.max_tokens, body.logprobs, body.prompt_logprobs,
                      max(scored) if scored else None)
@@ -109,6 +121,10 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
         return await with_disconnect_watch(request, job, text_full(state, job, echo))
 
     return app
+
+
+def _page() -> str:
+    return resources.files("r1lab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- request checks
@@ -124,6 +140,13 @@ def _check_model(state: ServerState, body: SamplingFields) -> None:
     if body.model is not None and body.model != state.model_name:
         raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{state.model_name}'.",
                        param="model", code="model_not_found")
+
+
+def _check_chars(state: ServerState, chars: int, max_chars: int, param: str) -> None:
+    if chars > max_chars:
+        raise APIError(400, f"This model's maximum context length is {state.max_model_len} tokens; the prompt has "
+                       f"{chars} characters, more than that many tokens can hold.", param=param,
+                       code="context_length_exceeded")
 
 
 def _encode(fn) -> list[int]:

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..model.checkpoint import CheckpointError
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint folder (ours, or a Hugging Face DeepseekV3 folder)")
@@ -22,6 +24,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("R1LAB_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $R1LAB_API_KEY, else no key)")
+    p.add_argument("--max-request-bytes", type=int, default=2 * 2**20,
+                   help="largest request body accepted (default 2 MiB); larger ones get 413 before being read")
     p.add_argument("--max-running", type=int, default=64, help="sequences decoded together in one batch")
     p.add_argument("--max-waiting", type=int, default=128, help="sequences queued beyond the batch before 429")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
@@ -36,10 +40,14 @@ def run_serve(args) -> int:
     from .app import create_app
 
     _log_to_stderr()
+    if not (Path(args.checkpoint) / "tokenizer.json").is_file():
+        raise CheckpointError(f"{args.checkpoint} has no tokenizer.json; the server needs the tokenizer next to the "
+                              "weights (copy it in, e.g. from the run's tokenizer folder)")
     model, tokenizer = load(args.checkpoint)
     name = args.model_name or Path(args.checkpoint).resolve().name
     engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len)
-    app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting)
+    app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting,
+                     max_body_bytes=args.max_request_bytes)
     engine.start()
     logging.getLogger("r1lab.serve").info("serving %s as '%s' at http://%s:%d%s", args.checkpoint, name, args.host,
                                           args.port, " (API key required)" if args.api_key else "")

@@ -45,6 +45,22 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
+def resume_point(out_dir: Path) -> Path | None:
+    """The checkpoint --resume continues from; None (a fresh start) when there is none yet, in which case the
+    metrics of the run that never reached a checkpoint are kept as metrics.restarted.jsonl, not truncated.
+    Checkpoints that exist but are all damaged are refused: restarting from step 0 would lose the run."""
+    found = list_checkpoints(out_dir / "checkpoints")
+    latest = latest_checkpoint(out_dir / "checkpoints")
+    if found and latest is None:
+        names = ", ".join(p.name for p in found)
+        raise CheckpointError(f"every checkpoint in {out_dir / 'checkpoints'} is damaged ({names}; reasons above); "
+                              "refusing to restart from step 0: repair one, or pass --overwrite to start over")
+    metrics = out_dir / "metrics.jsonl"
+    if latest is None and metrics.is_file() and metrics.stat().st_size:
+        os.replace(metrics, out_dir / "metrics.restarted.jsonl")
+    return latest
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest checkpoint that is complete: manifest present, every file of it intact, trainer state
     in it. save_checkpoint writes to a temporary folder and renames, so a killed save leaves only a
@@ -117,12 +133,15 @@ class Checkpointer:
                      "extra": self.extra.state_dict() if self.extra is not None else {}, "world_size": dist.world_size}
             save_checkpoint(model_to_save, self.tokenizer, folder, extra={
                 STATE_FILE: state, "optimizer.pt": _to_bytes(opt_state), "rng.pt": _to_bytes(rng)})
-            self._prune()
+            self._prune(step)
         return folder
 
-    def _prune(self) -> None:
+    def _prune(self, newest: int) -> None:
+        # only checkpoints up to the one just written count: a higher-numbered one left from before a resume
+        # is damaged (else the run would have resumed from it) and must not push good ones out
         keep = self.run.train.keep_checkpoints
-        old = list_checkpoints(self.root)[:-keep] if keep > 0 else []
+        done = [p for p in list_checkpoints(self.root) if int(p.name[5:]) <= newest]
+        old = done[:-keep] if keep > 0 else []
         for folder in old:
             # rename first: a kill mid-delete must not leave a step_N folder that looks resumable
             trash = folder.with_name(f".{folder.name}.deleting")

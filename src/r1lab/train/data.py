@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import tasks
-from ..tokenizer import EOS, THINK_PREFIX, render_chat, response_prefix_of
+from ..tokenizer import EOS, THINK_PREFIX, max_token_chars, render_chat, response_prefix_of
 
 IGNORE = -100
 
@@ -107,17 +107,34 @@ def read_rows(path: str | Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-        return rows
+        return [row for _, row in jsonl_rows(path, text)]
     return [{"text": p.strip()} for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of `text` (read from `path`); a line that is not a JSON
+    object is an error naming path:line."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object ({{...}}), got {type(row).__name__}")
+            yield n, row
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; undecodable bytes are an error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def make_source(cfg: DataConfig, seed: int):
@@ -183,8 +200,14 @@ class Example:
         return ids, labels
 
 
-def chat_example(row: dict, tokenizer) -> Example:
+def chat_example(row: dict, tokenizer, max_chars: int | None = None) -> Example:
+    """The row tokenized; max_chars: texts longer than that are cut first (what a block of seq_len tokens can
+    hold at most), so a 10 MB answer costs no more than a short one."""
     messages, response = split_chat(row)
+    if max_chars is not None:
+        response = response[:max_chars]
+        messages = [dict(m, content=m["content"][:max_chars]) if isinstance(m.get("content"), str) else m
+                    for m in messages]
     # prompt and completion are tokenized apart, exactly as the engine sees them when it generates
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     completion = completion_text(response, response_prefix_of(tokenizer))
@@ -227,19 +250,33 @@ class PackedStream:
     def __init__(self, source, tokenizer, seq_len: int, batch_size: int, text_fn: Callable[[dict], str] = pretrain_text):
         self.source, self.tokenizer, self.seq_len, self.batch_size, self.text_fn = source, tokenizer, seq_len, batch_size, text_fn
         self.doc, self.offset = 0, 0
-        self._docs = lru_cache(maxsize=4)(self._tokenize_chunk)
+        self._docs: dict[int, list[int]] = {}
 
-    chunk_size = 256
+    chunk_size = 256  # documents tokenized together (at most; fewer when they are long)
+    chunk_chars = 1 << 20  # ... and at most about this many characters of text per call
 
-    def _tokenize_chunk(self, c: int) -> list[list[int]]:
+    def _tokenize_from(self, i: int) -> None:
+        """Tokenize documents i, i+1, ... up to the end of their chunk of `chunk_size`, or until `chunk_chars`
+        characters: a file of one huge document is tokenized once per pass, not `chunk_size` times."""
         tok = self.tokenizer
-        texts = [self.text_fn(self.source[i]) for i in range(c * self.chunk_size, (c + 1) * self.chunk_size)]
-        ids = tok.encode_batch(texts)
+        texts: list[str] = []
+        end, chars = (i // self.chunk_size + 1) * self.chunk_size, 0
+        while i + len(texts) < end and (not texts or chars < self.chunk_chars):
+            texts.append(self.text_fn(self.source[i + len(texts)]))
+            chars += len(texts[-1])
+        # a long document is tokenized in slices cut before a space (the same tokens; bounded tokenizer memory)
+        pieces = [(k, piece) for k, text in enumerate(texts) for piece in text_slices(text)]
+        ids: list[list[int]] = [[] for _ in texts]
+        for (k, _), piece_ids in zip(pieces, tok.encode_batch([piece for _, piece in pieces])):
+            ids[k] += piece_ids
         # chat documents already open with BOS and close with EOS; plain text gets them here
-        return [x if x[:1] == [tok.bos_token_id] else [tok.bos_token_id] + x + [tok.eos_token_id] for x in ids]
+        self._docs = {i + k: x if x[:1] == [tok.bos_token_id] else [tok.bos_token_id] + x + [tok.eos_token_id]
+                      for k, x in enumerate(ids)}
 
     def _document(self, i: int) -> list[int]:
-        return self._docs(i // self.chunk_size)[i % self.chunk_size]
+        if i not in self._docs:
+            self._tokenize_from(i)
+        return self._docs[i]
 
     def next_batch(self) -> Batch:
         blocks = []
@@ -263,6 +300,20 @@ class PackedStream:
         self.doc, self.offset = int(state["doc"]), int(state["offset"])
 
 
+def text_slices(text: str, size: int = 1 << 16) -> list[str]:
+    """`text` in pieces of at most about `size` characters, each cut just before a space (where the
+    tokenizer's pre-tokenizer splits anyway), so tokenizing the pieces gives the tokens of the whole."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + size // 2, start + size)
+        cut = cut if cut > start else start + size
+        pieces.append(text[start:cut])
+        start = cut
+    return [*pieces, text[start:]]
+
+
 class ChatStream:
     """SFT batches of chat examples, loss on the completion only. Position: the next example's index.
 
@@ -273,7 +324,8 @@ class ChatStream:
     def __init__(self, source, tokenizer, seq_len: int, batch_size: int, packing: bool = True):
         self.source, self.tokenizer, self.seq_len, self.batch_size, self.packing = source, tokenizer, seq_len, batch_size, packing
         self.index = 0
-        self._example = lru_cache(maxsize=4096)(lambda i: chat_example(self.source[i], tokenizer))
+        limit = seq_len * max_token_chars(tokenizer) + 64  # text past this cannot reach the seq_len tokens kept
+        self._example = lru_cache(maxsize=4096)(lambda i: chat_example(self.source[i], tokenizer, limit))
 
     def next_batch(self) -> Batch:
         rows: list[list[Example]] = []

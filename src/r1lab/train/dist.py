@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 
 @dataclass
 class Dist:
@@ -39,7 +39,12 @@ def init_distributed(device: str = "auto") -> Dist:
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device} but this machine has no usable CUDA GPU; use device=cpu (or auto)")
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import httpx
 from .. import tasks
 from ..config import ConfigError, TrainConfig, build
 from ..engine import Engine
+from ..guard import PRECIOUS, check_output
 from ..model import load
 from ..rewards import columns_of, get as get_reward
 from ..rollout import rollout
@@ -48,7 +50,8 @@ class TeacherSection:
     keep_per_problem: int = 2  # verified traces kept per problem (distinct ones)
     seed: int = 0
     model: str = ""  # model name to send to an endpoint (default: the first one /v1/models lists)
-    api_key: str = ""
+    api_key: str = ""  # better not on the command line (other local users can read it): see api_key_env
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the endpoint's key (when api_key is empty)
     concurrency: int = 8
 
 
@@ -95,25 +98,38 @@ def responses_from_endpoint(url: str, problems: list[dict], cfg: TeacherSection)
     base = url.rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    key = cfg.api_key or (os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(timeout=300, headers=headers) as client:
         model = cfg.model
         if not model:
-            listing = client.get(f"{base}/models")
-            listing.raise_for_status()
+            listing = endpoint_call(lambda: client.get(f"{base}/models"), base, cfg)
             model = listing.json()["data"][0]["id"]
 
         def ask(i: int) -> list[str]:
             body = {"model": model, "messages": [{"role": "user", "content": problems[i]["prompt"]}], "n": cfg.k,
                     "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
                     "seed": cfg.seed * 100_003 + i}
-            answer = client.post(f"{base}/chat/completions", json=body)
-            if answer.status_code != 200:
-                raise ConfigError(f"teacher endpoint {base} answered {answer.status_code}: {answer.text[:300]}")
+            answer = endpoint_call(lambda: client.post(f"{base}/chat/completions", json=body), base, cfg)
             return [response_from_message(choice["message"]) for choice in answer.json()["choices"]]
 
         with concurrent.futures.ThreadPoolExecutor(cfg.concurrency) as pool:
             return list(pool.map(ask, range(len(problems))))
+
+
+def endpoint_call(request, base: str, cfg: TeacherSection) -> httpx.Response:
+    """request() -> a 200 response; anything else is a one-line ConfigError (a wrong key says how to give one)."""
+    try:
+        response = request()
+    except httpx.HTTPError as e:
+        raise ConfigError(f"cannot reach teacher endpoint {base}: {type(e).__name__}: {e}") from None
+    if response.status_code == 401:
+        source = "teacher.api_key" if cfg.api_key else f"${cfg.api_key_env}" if cfg.api_key_env else "no key"
+        raise ConfigError(f"teacher endpoint {base} refused the API key (401; key from {source}): put the right key in "
+                          f"${cfg.api_key_env or 'OPENAI_API_KEY'} (or name another variable with teacher.api_key_env=NAME)")
+    if response.status_code != 200:
+        raise ConfigError(f"teacher endpoint {base} answered {response.status_code}: {' '.join(response.text[:300].split())}")
+    return response
 
 
 def verified_traces(problems: list[dict], responses: list[list[str]], keep: int) -> tuple[list[dict], dict]:
@@ -154,10 +170,12 @@ def make_traces(teacher: str, cfg: TeacherSection, out: Path) -> dict:
     return stats
 
 
-def distill(cfg: DistillConfig, out: str | Path, *, teacher: str, student: str | Path, resume: bool = False) -> dict:
+def distill(cfg: DistillConfig, out: str | Path, *, teacher: str, student: str | Path, resume: bool = False,
+            overwrite: bool = False) -> dict:
     """The teacher's verified traces (out/traces.jsonl), then the student's SFT on them (out/sft; the
-    distilled model is out/sft/final). Returns the traces' statistics."""
+    distilled model is out/sft/final). Returns the traces' statistics. overwrite: replace a finished run."""
     out_dir = Path(out)
+    check_output(out_dir, overwrite=overwrite, resume=resume, names=("traces.jsonl", *PRECIOUS))
     traces = out_dir / "traces.jsonl"
     if resume and traces.exists() and (out_dir / "traces_stats.json").exists():
         stats = json.loads((out_dir / "traces_stats.json").read_text())
@@ -166,7 +184,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, teacher: str, student: str |
     print(f"distill: {stats['kept_traces']} verified traces (teacher right on {stats['teacher_correct']:.0%} of its samples)",
           file=sys.stderr)
     sft(SFTConfig(train=cfg.train, data=DataConfig(files=[str(traces)])), out_dir / "sft", init=student, resume=resume,
-        desc="distill")
+        desc="distill", overwrite=overwrite)
     return stats
 
 
@@ -180,6 +198,7 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
                         "scores every token (same tokenizer needed)")
     p.add_argument("--preset", default="cpu-micro", help=f"preset for the student ({', '.join(PRESETS)}) or YAML")
     p.add_argument("--resume", action="store_true", help="reuse traces.jsonl and resume the SFT run (on-policy: resume the run)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (traces, the SFT or on-policy run)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. teacher.k=8 teacher.tasks=addition,countdown max_steps=300; "
                                                 "on-policy: grpo.tasks=addition grpo.group_size=4 onpolicy.reward_weight=0.5")
 
@@ -187,10 +206,12 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
 def run_distill(args) -> int:
     if args.method == "on-policy":
         cfg = build(OnPolicyConfig, ONPOLICY_PRESETS, args.preset, args.overrides)
-        final = on_policy_distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume)
+        final = on_policy_distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume,
+                                  overwrite=args.overwrite)
         print(f"student: {final}")
         return 0
     cfg = build(DistillConfig, PRESETS, args.preset, args.overrides)
-    distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume)
+    distill(cfg, args.out, teacher=args.teacher, student=args.student, resume=args.resume,
+            overwrite=args.overwrite)
     print(f"student: {Path(args.out) / 'sft' / 'final'}")
     return 0

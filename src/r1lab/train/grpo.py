@@ -170,10 +170,10 @@ class GRPOStep:
             self.samples.close()
 
 
-def grpo(cfg: GRPOConfig, out: str | Path, *, init: str | Path, resume: bool = False) -> Path:
-    """GRPO from the policy `init` into `out`; returns out/final."""
+def grpo(cfg: GRPOConfig, out: str | Path, *, init: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """GRPO from the policy `init` into `out`; returns out/final. overwrite: replace a trained run (guard.py)."""
     with distributed_job():
-        run = setup_run(out, cfg, resume)
+        run = setup_run(out, cfg, resume, overwrite=overwrite)
         if cfg.grpo.prompts_per_step % run.dist.world_size:
             raise ConfigError(f"grpo.prompts_per_step {cfg.grpo.prompts_per_step} is not divisible by "
                               f"{run.dist.world_size} ranks")
@@ -198,11 +198,13 @@ def add_grpo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, final/")
     p.add_argument("--preset", default="cpu-tiny", help=f"preset ({', '.join(PRESETS)}) or a YAML file (default cpu-tiny)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (checkpoints, final/, metrics)")
     p.add_argument("overrides", nargs="*",
                    help="key=value, e.g. max_steps=50 grpo.loss=dapo grpo.epsilon_high=0.28 "
                         "'grpo.rewards={accuracy: 1, format: 0.2}'")
 
 
 def run_grpo(args) -> int:
-    grpo(build(GRPOConfig, PRESETS, args.preset, args.overrides), args.out, init=args.init, resume=args.resume)
+    grpo(build(GRPOConfig, PRESETS, args.preset, args.overrides), args.out, init=args.init, resume=args.resume,
+         overwrite=args.overwrite)
     return 0

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, TrainConfig, save_yaml
+from ..guard import check_output
 from ..model import Transformer, load, save_checkpoint
 from ..model.checkpoint import CheckpointError
 from ..tokenizer import Tokenizer
-from .checkpoint import Checkpointer, Stateful, full_state, is_fsdp, latest_checkpoint, list_checkpoints
+from .checkpoint import Checkpointer, Stateful, full_state, is_fsdp, resume_point
 from .data import Batch
 from .dist import RunState, all_reduce_sum, broadcast_object, init_distributed, seed_everything
 from .metrics import MetricsLogger, Progress, peak_flops
@@ -39,21 +40,20 @@ from .step import lm_loss, local_micro_batches, lr_at, make_optimizer, train_ste
 # ---------------------------------------------------------------- the run, its model and tokenizer
 
 
-def setup_run(out_dir: str | Path, cfg: Any, resume: bool, train_cfg: TrainConfig | None = None) -> RunState:
+def setup_run(out_dir: str | Path, cfg: Any, resume: bool, train_cfg: TrainConfig | None = None,
+              overwrite: bool = False) -> RunState:
     """Join the distributed job, seed every RNG, and find the checkpoint to resume from.
 
-    Without --resume, a folder that already holds checkpoints is refused (rather than mixing two runs);
-    with --resume and no complete checkpoint yet, the run starts fresh, so scripts can always pass it."""
+    Without --resume or --overwrite, a folder that holds a trained model or metrics is refused (guard.py);
+    with --resume and no checkpoint yet, the run starts fresh, so scripts can always pass it; with --resume
+    and every checkpoint damaged, it is refused (see checkpoint.resume_point)."""
     train_cfg = train_cfg or cfg.train
     dist = init_distributed(train_cfg.device)
     out_dir = Path(out_dir)
     latest = None
     if dist.is_main:
-        found = list_checkpoints(out_dir / "checkpoints")
-        if found and not resume:
-            raise ConfigError(f"{out_dir} already holds a run ({found[-1]}); pass --resume to continue it, "
-                              "or choose another --out")
-        latest = latest_checkpoint(out_dir / "checkpoints") if resume else None
+        check_output(out_dir, overwrite=overwrite, resume=resume, discard=("checkpoints", "metrics.jsonl"))
+        latest = resume_point(out_dir) if resume else None
     latest = broadcast_object(None if latest is None else str(latest), dist)
     seed_everything(train_cfg.seed)
     return RunState(out_dir, dist, train_cfg, Path(latest) if latest else None)

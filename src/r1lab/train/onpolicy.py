@@ -222,10 +222,10 @@ class OnPolicyStep:
 
 
 def on_policy_distill(cfg: OnPolicyConfig, out: str | Path, *, teacher: str, student: str | Path,
-                      resume: bool = False) -> Path:
+                      resume: bool = False, overwrite: bool = False) -> Path:
     """On-policy distillation of `teacher` (a checkpoint or an endpoint URL) into `student`; returns out/final."""
     with distributed_job():
-        run = setup_run(out, cfg, resume)
+        run = setup_run(out, cfg, resume, overwrite=overwrite)
         if cfg.grpo.prompts_per_step % run.dist.world_size:
             raise ConfigError(f"grpo.prompts_per_step {cfg.grpo.prompts_per_step} is not divisible by "
                               f"{run.dist.world_size} ranks")

@@ -21,6 +21,7 @@ from ..config import ConfigError, TrainConfig, build
 from ..model.config import PRESETS as MODEL_PRESETS, ModelConfig
 from ..tokenizer import Tokenizer, train_tokenizer
 from .data import DataConfig, make_source, make_stream, tokenizer_texts
+from .datacheck import check_data_files
 from .dist import distributed_job
 from .loop import Trainer, load_model_for, lm_step, save_config, setup_run, train
 
@@ -65,14 +66,17 @@ def settle_tokenizer(tokenizer: str | Path | Tokenizer | None, cfg, source) -> T
 
 
 def train_lm(cfg, out: str | Path, *, stream: str, desc: str, init: str | Path | None = None,
-             tokenizer: str | Path | Tokenizer | None = None, resume: bool = False) -> Path:
+             tokenizer: str | Path | Tokenizer | None = None, resume: bool = False, overwrite: bool = False) -> Path:
     """Next-token training of `cfg` (model, train, data sections) into `out`, on a `stream` of "packed"
-    documents or "chat" examples: run folder, model + tokenizer, config.yaml, the loop. Returns out/final."""
+    documents or "chat" examples: run folder, model + tokenizer, config.yaml, the loop. Returns out/final.
+    overwrite: replace a trained run in `out` (see guard.py)."""
     if cfg.train.seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(f"seq_len {cfg.train.seq_len} exceeds the model's max_position_embeddings "
                           f"{cfg.model.max_position_embeddings}")
+    if cfg.data.files:  # every line checked before anything is written
+        check_data_files(cfg.data.files, "text" if stream == "packed" else "chat")
     with distributed_job():
-        run = setup_run(out, cfg, resume)
+        run = setup_run(out, cfg, resume, overwrite=overwrite)
         source = make_source(cfg.data, cfg.train.seed)
         from_checkpoint = run.resume_from is not None or init is not None
         settled = None if from_checkpoint else settle_tokenizer(tokenizer, cfg, source)
@@ -90,9 +94,10 @@ def train_lm(cfg, out: str | Path, *, stream: str, desc: str, init: str | Path |
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, *, init: str | Path | None = None,
-             tokenizer: str | Path | Tokenizer | None = None, resume: bool = False) -> Path:
+             tokenizer: str | Path | Tokenizer | None = None, resume: bool = False, overwrite: bool = False) -> Path:
     """Pretrain `cfg.model` (or `init`'s model) on cfg.data's packed documents; returns out/final."""
-    return train_lm(cfg, out, stream="packed", desc="pretrain", init=init, tokenizer=tokenizer, resume=resume)
+    return train_lm(cfg, out, stream="packed", desc="pretrain", init=init, tokenizer=tokenizer, resume=resume,
+                    overwrite=overwrite)
 
 
 # ---------------------------------------------------------------- command
@@ -101,6 +106,7 @@ def add_common_arguments(p: argparse.ArgumentParser, presets: dict) -> None:
     p.add_argument("--preset", default="cpu-tiny", help=f"preset ({', '.join(presets)}) or a YAML file (default cpu-tiny)")
     p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out (fresh if none)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (checkpoints, final/, metrics)")
     p.add_argument("--tokenizer", metavar="DIR", help="without --init: use this tokenizer instead of training one")
     p.add_argument("--data", nargs="+", metavar="FILE", help="JSONL / Parquet / txt files (default: the built-in task mixture)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=100 lr=1e-3 data.tasks=addition")
@@ -129,5 +135,5 @@ def config_from_args(cls, presets: dict, args):
 
 def run_pretrain(args) -> int:
     pretrain(config_from_args(PretrainConfig, PRESETS, args), args.out, init=args.init, tokenizer=args.tokenizer,
-             resume=args.resume)
+             resume=args.resume, overwrite=args.overwrite)
     return 0

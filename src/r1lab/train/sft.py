@@ -45,9 +45,11 @@ PRESETS: dict[str, dict] = {
 
 
 def sft(cfg: SFTConfig, out: str | Path, *, init: str | Path | None = None,
-        tokenizer: str | Path | Tokenizer | None = None, resume: bool = False, desc: str = "sft") -> Path:
+        tokenizer: str | Path | Tokenizer | None = None, resume: bool = False, desc: str = "sft",
+        overwrite: bool = False) -> Path:
     """Fine-tune `init` (or a fresh model of cfg.model) on cfg.data's chat examples; returns out/final."""
-    return train_lm(cfg, out, stream="chat", desc=desc, init=init, tokenizer=tokenizer, resume=resume)
+    return train_lm(cfg, out, stream="chat", desc=desc, init=init, tokenizer=tokenizer, resume=resume,
+                    overwrite=overwrite)
 
 
 def add_sft_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,5 +59,6 @@ def add_sft_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sft(args) -> int:
-    sft(config_from_args(SFTConfig, PRESETS, args), args.out, init=args.init, tokenizer=args.tokenizer, resume=args.resume)
+    sft(config_from_args(SFTConfig, PRESETS, args), args.out, init=args.init, tokenizer=args.tokenizer, resume=args.resume,
+        overwrite=args.overwrite)
     return 0
