@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,21 +103,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: dict[str, object] | None = None) -> Path:
-    """Write model (+ tokenizer) to `folder` atomically. `extra` maps file names to JSON-able objects
-    (or bytes) stored beside the model, e.g. training state."""
+def publish_folder(folder: str | Path, write: Callable[[Path], None], tokenizer=None,
+                   extra: dict[str, object] | None = None) -> Path:
+    """Write a model folder atomically: `write(tmp)` fills a temporary sibling with the weights, then the
+    tokenizer and `extra` files are added (file name -> JSON-able object or bytes), the manifest last, and
+    a rename publishes it. Full checkpoints and LoRA adapter folders are both written this way."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        cfg = model.config
-        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
-        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": True,
-               "temperature": 0.6, "top_p": 0.95}
-        if cfg.pad_token_id is not None:
-            gen["pad_token_id"] = cfg.pad_token_id
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        save_file(state_dict_for_disk(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write(tmp)
         if tokenizer is not None:
             tokenizer.save(tmp)
         for name, obj in (extra or {}).items():
@@ -140,6 +136,23 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: dict[str, object] | None = None) -> Path:
+    """Write model (+ tokenizer) to `folder` atomically. `extra` maps file names to JSON-able objects
+    (or bytes) stored beside the model, e.g. training state."""
+
+    def write(tmp: Path) -> None:
+        cfg = model.config
+        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
+        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": True,
+               "temperature": 0.6, "top_p": 0.95}
+        if cfg.pad_token_id is not None:
+            gen["pad_token_id"] = cfg.pad_token_id
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        save_file(state_dict_for_disk(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+    return publish_folder(folder, write, tokenizer, extra)
 
 
 # ---------------------------------------------------------------- load

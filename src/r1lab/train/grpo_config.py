@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import TrainConfig
+from .lora import LoRAConfig
 
 
 @dataclass
@@ -48,6 +49,7 @@ class GRPOSection:
 class GRPOConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # lora.r > 0: train adapters only
 
 
 # RL on a model that already computes precisely wants small steps: at lr 5e-4 the slip-teacher SFT model's
