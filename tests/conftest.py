@@ -33,3 +33,42 @@ def tiny_config(vocab_size: int, **overrides):
                 qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, num_experts_per_tok=2)
     base.update(overrides)
     return preset("cpu-tiny", **base)
+
+
+def small_moe_checkpoint(folder, tokenizer):
+    """A seeded 2-layer MoE model (4 experts) saved as a checkpoint folder: the policy of GRPO and LoRA runs."""
+    from r1lab.model import Transformer, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                      moe_intermediate_size=16, n_routed_experts=4, kv_lora_rank=16)
+    save_checkpoint(Transformer(cfg), tokenizer, folder)
+    return folder
+
+
+def serve_in_background(args, env):
+    """Start `r1lab serve ARGS` on a free port and wait until /health answers; returns (process, base URL)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", *map(str, args), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server did not come up: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.2)

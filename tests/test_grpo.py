@@ -9,18 +9,12 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_config
-from r1lab.model import Transformer, save_checkpoint
+from conftest import small_moe_checkpoint
 
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory, tokenizer):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("grpo") / "init"
-    cfg = tiny_config(tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                      moe_intermediate_size=16, n_routed_experts=4, kv_lora_rank=16)
-    save_checkpoint(Transformer(cfg), tokenizer, folder)
-    return folder
+    return small_moe_checkpoint(tmp_path_factory.mktemp("grpo") / "init", tokenizer)
 
 
 FAST = ["grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.max_new_tokens=12", "grpo.samples_every=1",

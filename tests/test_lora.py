@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import r1lab
-from conftest import tiny_config
+from conftest import serve_in_background, small_moe_checkpoint, tiny_config
 from r1lab.engine import Engine, SamplingParams
 from r1lab.model import Transformer, load_model, save_checkpoint
 from r1lab.model.adapter import peft_config, save_adapter
@@ -141,7 +141,6 @@ def test_merge_equals_adapter_logits_and_engine_samples_with_the_adapter(tmp_pat
 
 def test_serve_an_adapter_folder(tmp_path, tokenizer):
     """`r1lab serve ADAPTER_DIR` answers with the adapter applied: greedy text equals the merged model's."""
-    import socket
 
     import httpx
 
@@ -151,22 +150,8 @@ def test_serve_an_adapter_folder(tmp_path, tokenizer):
     merge_adapters(merged)
     prompt = "What is 4821 + 1379?"
     want = Engine(merged, tokenizer).generate([prompt], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0].text
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(_cli("serve", tmp_path / "adapter", "--port", port), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc, url = serve_in_background([tmp_path / "adapter"], ENV)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
         body = {"model": "adapter", "prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
         answer = httpx.post(url + "/v1/completions", json=body, timeout=30).json()
     finally:
@@ -222,12 +207,7 @@ TINY = ["grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.max_new_tokens=12"
 
 @pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory, tokenizer):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("lora") / "base"
-    cfg = tiny_config(tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                      moe_intermediate_size=16, n_routed_experts=4, kv_lora_rank=16)
-    save_checkpoint(Transformer(cfg), tokenizer, folder)
-    return folder
+    return small_moe_checkpoint(tmp_path_factory.mktemp("lora") / "base", tokenizer)
 
 
 def _kill_after(cmd, checkpoint) -> None:
