@@ -66,3 +66,31 @@ def small_policy_checkpoint(tokenizer, folder):
                       moe_intermediate_size=16, n_routed_experts=4, kv_lora_rank=16)
     save_checkpoint(Transformer(cfg), tokenizer, folder)
     return folder
+
+
+def serve_in_background(args, env):
+    """Start `r1lab serve ARGS` on a free port and wait until /health answers; returns (process, base URL)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", *map(str, args), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server did not come up: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.2)

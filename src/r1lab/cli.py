@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "distill": ("r1lab.train.distill",
                 "distill a teacher's verified reasoning (checkpoint or OpenAI-compatible URL) into a student",
                 "r1lab distill --teacher runs/r1/final --student runs/student-base/final --out runs/distill"),
+    "merge": ("r1lab.merge", "fold a LoRA adapter folder into its base model: a full checkpoint",
+              "r1lab merge runs/sft-lora/final --out runs/sft-merged"),
     "speedrun": ("r1lab.speedrun", "the whole R1 recipe end to end: base, R1-Zero, R1, distillation, eval, report card",
                  "r1lab speedrun --preset cpu --out runs/speedrun"),
     "export": ("r1lab.export.cli", "make a checkpoint load in vLLM / SGLang (--fix-config) or llama.cpp / Ollama (--gguf)",

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import ModelConfig, Transformer
+from ..model.lora import merged_view
 from ..model.moe import MoE, route
 from .cache import KVCache
 
@@ -176,9 +177,10 @@ class Runner:
     def refresh(self) -> None:
         """Re-derive the decode layouts from the model's current parameters."""
         model = self.model
-        self.layers = [derive_layer(block, self.cfg) for block in model.model.layers]
-        self.embed, self.lm_head = model.model.embed_tokens.weight, model.lm_head.weight
-        self.final_norm = Norm.of(model.model.norm)
+        with merged_view(model):  # LoRA: decode with the adapted weights W + scaling * B @ A
+            self.layers = [derive_layer(block, self.cfg) for block in model.model.layers]
+            self.embed, self.lm_head = model.model.embed_tokens.weight, model.lm_head.weight
+            self.final_norm = Norm.of(model.model.norm)
         self._versions = [(p.data_ptr(), p._version) for p in self._sources()]
 
     def maybe_refresh(self) -> bool:

@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -107,25 +108,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: dict[str, object] | None = None) -> Path:
-    """Write model (+ tokenizer) to `folder` atomically. `extra` maps file names to JSON-able objects
-    (or bytes) stored beside the model, e.g. training state."""
+def write_folder(folder: str | Path, write: Callable[[Path], None], tokenizer=None,
+                 extra: dict[str, object] | None = None) -> Path:
+    """Write a model folder atomically: `write(tmp)` fills a temporary sibling with the weights, then the
+    tokenizer and `extra` files are added (file name -> JSON-able object or bytes), the manifest last, and
+    `publish.publish_folder` swaps it in. Full checkpoints and LoRA adapter folders are both written this way."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     try:
-        cfg = model.config
-        if isinstance(cfg, FamilyConfig):  # the dtype written, and the checkpoint's own generation defaults
-            cfg.torch_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
-        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": True,
-               "temperature": 0.6, "top_p": 0.95}
-        if cfg.pad_token_id is not None:
-            gen["pad_token_id"] = cfg.pad_token_id
-        gen = getattr(cfg, "generation", None) or gen
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        save_file(state_dict_for_disk(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write(tmp)
         if tokenizer is not None:
             tokenizer.save(tmp)
         for name, obj in (extra or {}).items():
@@ -142,8 +135,30 @@ def save_checkpoint(model: Transformer, tokenizer, folder: str | Path, extra: di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    warn_if_unservable(model.config, folder)
     return folder
+
+
+def save_checkpoint(model: Transformer | FamilyLM, tokenizer, folder: str | Path,
+                    extra: dict[str, object] | None = None) -> Path:
+    """Write model (+ tokenizer) to `folder` atomically. `extra` maps file names to JSON-able objects
+    (or bytes) stored beside the model, e.g. training state."""
+
+    def write(tmp: Path) -> None:
+        cfg = model.config
+        if isinstance(cfg, FamilyConfig):  # the dtype written, and the checkpoint's own generation defaults
+            cfg.torch_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
+        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": True,
+               "temperature": 0.6, "top_p": 0.95}
+        if cfg.pad_token_id is not None:
+            gen["pad_token_id"] = cfg.pad_token_id
+        gen = getattr(cfg, "generation", None) or gen
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        save_file(state_dict_for_disk(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+    write_folder(folder, write, tokenizer, extra)
+    warn_if_unservable(model.config, folder)
+    return Path(folder)
 
 
 def _write_atomic(path: Path, text: str) -> None:

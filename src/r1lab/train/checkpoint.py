@@ -22,7 +22,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from ..model import Transformer, save_checkpoint
+from ..model import Transformer
+from ..model.adapter import save_model
 from ..model.checkpoint import MANIFEST, CheckpointError, verify_checkpoint
 from .dist import Dist, RunState
 
@@ -131,7 +132,7 @@ class Checkpointer:
         if dist.is_main:
             state = {"step": step, "data": self.stream.state_dict(),
                      "extra": self.extra.state_dict() if self.extra is not None else {}, "world_size": dist.world_size}
-            save_checkpoint(model_to_save, self.tokenizer, folder, extra={
+            save_model(model_to_save, self.tokenizer, folder, extra={
                 STATE_FILE: state, "optimizer.pt": _to_bytes(opt_state), "rng.pt": _to_bytes(rng)})
             self._prune(step)
         return folder

@@ -35,6 +35,7 @@ from ..rollout import rollout
 from ..tokenizer import THINK_PREFIX
 from .data import DataConfig
 from .onpolicy import PRESETS as ONPOLICY_PRESETS, OnPolicyConfig, on_policy_distill
+from .lora import LoRAConfig
 from .sft import PRESETS as SFT_PRESETS, SFTConfig, sft
 
 
@@ -59,6 +60,7 @@ class TeacherSection:
 class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherSection = field(default_factory=TeacherSection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # lora.r > 0: the student trains adapters only
 
 
 PRESETS = {name: {"train": dict(p["train"])} for name, p in SFT_PRESETS.items()}
@@ -183,8 +185,8 @@ def distill(cfg: DistillConfig, out: str | Path, *, teacher: str, student: str |
         stats = make_traces(teacher, cfg.teacher, out_dir)
     print(f"distill: {stats['kept_traces']} verified traces (teacher right on {stats['teacher_correct']:.0%} of its samples)",
           file=sys.stderr)
-    sft(SFTConfig(train=cfg.train, data=DataConfig(files=[str(traces)])), out_dir / "sft", init=student, resume=resume,
-        desc="distill", overwrite=overwrite)
+    sft_cfg = SFTConfig(train=cfg.train, data=DataConfig(files=[str(traces)]), lora=cfg.lora)
+    sft(sft_cfg, out_dir / "sft", init=student, resume=resume, desc="distill", overwrite=overwrite)
     return stats
 
 

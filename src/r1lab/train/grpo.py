@@ -29,13 +29,14 @@ import torch
 
 from ..config import ConfigError, build
 from ..engine import Engine
-from ..model import load_model
+from ..model.adapter import load_any
 from ..rewards import combine
 from . import health
 from .dist import all_reduce_sum, distributed_job
 from .grpo_collect import PromptStream, Rollouts, SampleStats, collect
 from .grpo_config import PRESETS, GRPOConfig, GRPOSection
 from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch, sampler_logp_gap
+from .lora import attach_lora
 from .loop import Trainer, load_model_for, save_config, setup_run, train
 from .step import lr_at, train_step
 
@@ -53,7 +54,7 @@ class Reference:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("reference"):
             self.source = state["reference"]
-            self.model = load_model(self.source).eval().requires_grad_(False)
+            self.model = load_any(self.source)[0].eval().requires_grad_(False)
 
 
 class GRPOStep:
@@ -178,6 +179,7 @@ def grpo(cfg: GRPOConfig, out: str | Path, *, init: str | Path, resume: bool = F
             raise ConfigError(f"grpo.prompts_per_step {cfg.grpo.prompts_per_step} is not divisible by "
                               f"{run.dist.world_size} ranks")
         model, tokenizer = load_model_for(run, init)
+        model = attach_lora(model, cfg.lora, init, run)  # LoRA hook
         save_config(run, cfg)
         reference = Reference(copy.deepcopy(model), str(init)) if cfg.grpo.beta > 0 else None
         trainer = Trainer.build(run, model, tokenizer)

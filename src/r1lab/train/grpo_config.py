@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from ..config import TrainConfig
 from . import health
+from .lora import LoRAConfig
 
 
 @dataclass
@@ -55,6 +56,7 @@ class GRPOSection:
 class GRPOConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # lora.r > 0: train adapters only
 
 
 # RL on a model that already computes precisely wants small steps: at lr 5e-4 the slip-teacher SFT model's

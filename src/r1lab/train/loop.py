@@ -28,7 +28,8 @@ from torch import nn
 
 from ..config import ConfigError, TrainConfig, save_yaml
 from ..guard import check_output
-from ..model import Transformer, load, save_checkpoint
+from ..model import Transformer
+from ..model.adapter import load_any, save_model
 from ..model.checkpoint import CheckpointError
 from ..tokenizer import Tokenizer
 from .checkpoint import Checkpointer, Stateful, full_state, is_fsdp, resume_point
@@ -72,7 +73,7 @@ def load_model_for(run: RunState, init: str | Path | None, model_cfg=None,
     tokenizer), else a fresh model of `model_cfg` (seeded with train.seed) sized to `tokenizer`."""
     source = run.resume_from or (Path(init) if init else None)
     if source is not None:
-        model, loaded = load(source)
+        model, loaded = load_any(source)  # a LoRA run's checkpoints are adapter folders
         if loaded is None:
             raise CheckpointError(f"{source} has no tokenizer.json; r1lab needs its own tokenizer next to the weights")
         # tensors read from safetensors can sit at any byte offset, and MKL's matmul results depend on
@@ -156,7 +157,7 @@ def train(trainer: Trainer, stream: Stateful, step_fn: StepFn, *, desc: str, ext
         logger.close()
     final_model = full_state(model, trainer.optimizer, trainer.wrapped, dist)[0] if is_fsdp(trainer.wrapped) else model
     if dist.is_main:
-        save_checkpoint(final_model, trainer.tokenizer, run.out_dir / "final")
+        save_model(final_model, trainer.tokenizer, run.out_dir / "final")
         print(f"wrote {run.out_dir / 'final'}", file=sys.stderr)
     return step
 

@@ -116,8 +116,10 @@ def peak_flops(device: torch.device, size: int = 1024, repeats: int = 10) -> flo
             if gpu in name:
                 _PEAK[key] = flops
                 return flops
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    # its own generator: this runs after a resume restored the RNG states, which training (dropout) goes on using
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen)
+    b = torch.randn(size, size, device=device, generator=gen)
     best = float("inf")
     for _ in range(repeats + 1):
         if device.type == "cuda":

@@ -23,6 +23,7 @@ from ..tokenizer import Tokenizer, train_tokenizer
 from .data import DataConfig, make_source, make_stream, tokenizer_texts
 from .datacheck import check_data_files
 from .dist import distributed_job
+from .lora import attach_lora
 from .loop import Trainer, load_model_for, lm_step, save_config, setup_run, train
 
 
@@ -81,6 +82,7 @@ def train_lm(cfg, out: str | Path, *, stream: str, desc: str, init: str | Path |
         from_checkpoint = run.resume_from is not None or init is not None
         settled = None if from_checkpoint else settle_tokenizer(tokenizer, cfg, source)
         model, settled = load_model_for(run, init, cfg.model, settled)
+        model = attach_lora(model, getattr(cfg, "lora", None), init, run)  # LoRA hook (SFT, distillation)
         cfg.model = model.config
         save_config(run, cfg)
         if run.dist.is_main and run.resume_from is None:

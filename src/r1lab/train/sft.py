@@ -13,17 +13,21 @@ data.packing=true) or each gets its own padded row (data.packing=false).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model.config import PRESETS as MODEL_PRESETS
 from ..tokenizer import Tokenizer
+from .lora import LoRAConfig
 from .pretrain import PRESETS as PRETRAIN_PRESETS, PretrainConfig, add_common_arguments, config_from_args, train_lm
 
 
 @dataclass
 class SFTConfig(PretrainConfig):
-    """The same sections as pretraining (model, train, data); data.packing decides how examples share rows."""
+    """The same sections as pretraining (model, train, data); data.packing decides how examples share rows;
+    lora.r > 0 trains LoRA adapters only."""
+
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 PRESETS: dict[str, dict] = {

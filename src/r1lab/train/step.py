@@ -21,7 +21,8 @@ from .optim import Muon, Optimizers
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
     """AdamW; weight decay only on matrices, not on norms, biases or the embedding table.
     train.optimizer=muon: Muon for the matrices inside the blocks (attention, dense and shared MLPs), AdamW
-    for the embedding, head, norms, routers and routed experts (see optim.py); one lr for both."""
+    for the embedding, head, norms, routers and routed experts (see optim.py); one lr for both. LoRA adapters
+    (the only trainable parameters with lora.r > 0) stay on AdamW."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if cfg.optimizer not in ("adamw", "muon"):
@@ -31,7 +32,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
     muon, decay, no_decay = [], [], []
     for n, p in named:
         if (cfg.optimizer == "muon" and p.dim() == 2 and n.startswith(("model.layers.", "mtp."))
-                and not n.endswith("mlp.gate.weight") and ".mlp.experts." not in n):
+                and not n.endswith("mlp.gate.weight") and ".mlp.experts." not in n and ".lora_" not in n):
             muon.append(p)
         else:
             (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
