@@ -93,14 +93,19 @@ class GRPOStep:
         started = time.perf_counter()
         advantages = group_advantages(torch.tensor(rollouts.rewards), cfg.group_size, cfg.advantage)
         batch = policy_batch(rollouts, advantages, trainer.tokenizer.pad_token_id, cfg.mask_truncated)
+        # the normalisers count every kept row and token, also those skipped below (their loss is exactly 0)
         n_tokens_total, = all_reduce_sum([float(batch.n_targets)], dist)
+        if cfg.beta == 0 and cfg.skip_zero_advantage:
+            batch = batch.useful()
         if cfg.mu > 1:  # the sampling policy's log-probs, fixed across the mu updates
-            fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp")
+            fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp", cfg.pack)
         if self.reference is not None:
-            fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp")
+            fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp",
+                      cfg.pack)
         trainer.model.train()
         loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)))
-        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, n_kept, cfg.micro_batch_size)]
+        n_rows = len(batch.advantages)
+        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, n_rows, cfg.micro_batch_size)]
         weights = [1.0] * len(micro)  # loss_fn already scales each micro-batch
         for _ in range(cfg.mu):
             stats = train_step(trainer.wrapped, trainer.model, trainer.optimizer, micro, lr_at(step, trainer.run.train),

@@ -30,6 +30,8 @@ class GRPOSection:
     max_sampling_rounds: int = 4  # tries to fill the batch with informative groups
     time_limit_s: float = 0.0  # stop (and save) after this much wall time, even before max_steps (0: no limit)
     micro_batch_size: int = 64  # completions per forward/backward
+    skip_zero_advantage: bool = True  # beta = 0: rows with advantage 0 (no gradient) skip the forward/backward
+    pack: bool = True  # lay a micro-batch's rows end to end (block-diagonal attention) instead of padding each
     samples_every: int = 10  # write a few completions to samples.jsonl every N steps
     samples_per_log: int = 4
 

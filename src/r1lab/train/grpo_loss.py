@@ -124,6 +124,19 @@ class PolicyBatch:
         return PolicyBatch(self.input_ids[start:stop], self.target_mask[start:stop], self.advantages[start:stop],
                            cut(self.old_logp), cut(self.ref_logp))
 
+    def take(self, index: torch.Tensor) -> "PolicyBatch":
+        """The rows `index`, cut to the width the longest of them needs."""
+        width = int(self.target_mask[index].sum(0).nonzero().max()) + 2 if bool(self.target_mask[index].any()) else 2
+        cut = lambda t: None if t is None else t[index][:, :width - 1]  # noqa: E731
+        return PolicyBatch(self.input_ids[index][:, :width], self.target_mask[index][:, :width - 1],
+                           self.advantages[index], cut(self.old_logp), cut(self.ref_logp))
+
+    def useful(self) -> "PolicyBatch":
+        """Only the rows with a gradient when beta = 0: a non-zero advantage and at least one trained token
+        (at least one row is kept, so that every rank still runs its backward)."""
+        keep = ((self.advantages != 0) & self.target_mask.bool().any(1)).nonzero().squeeze(1)
+        return self.take(keep if len(keep) else torch.arange(1))
+
     def to(self, device) -> "PolicyBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PolicyBatch(move(self.input_ids), move(self.target_mask), move(self.advantages), move(self.old_logp),
@@ -143,14 +156,62 @@ def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated
     return PolicyBatch(ids, mask, advantages)
 
 
-def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
-    `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad)."""
-    target = mask.bool()  # position t predicts token t + 1
+def pack_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Right-padded rows (N, T) -> fewer rows of at most T tokens, each holding several rows end to end
+    (first fit, longest first), with per-row positions and a block-diagonal causal mask: ids, positions,
+    attention mask (B, 1, T, T), the packed rows' select mask (B, T) and the padded rows' target mask in the
+    same order, so that logits[select] line up with the padded layout's targets."""
+    target = mask.bool()
+    lengths = (input_ids.new_tensor([t.nonzero().max() + 2 if t.any() else 1 for t in target]))
+    width = int(lengths.max())
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda r: -int(lengths[r])):
+        n = int(lengths[i])
+        slot = next((b for b, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            bins.append([]), room.append(width)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= n
+    ids = input_ids.new_zeros((len(bins), width))
+    positions = input_ids.new_zeros((len(bins), width))
+    segment = input_ids.new_zeros((len(bins), width))
+    select = torch.zeros((len(bins), width), dtype=torch.bool, device=input_ids.device)
+    for b, rows in enumerate(bins):
+        at = 0
+        for k, i in enumerate(rows, start=1):
+            n = int(lengths[i])
+            ids[b, at:at + n], positions[b, at:at + n] = input_ids[i, :n], torch.arange(n)
+            segment[b, at:at + n] = k
+            select[b, at:at + n - 1] = target[i, :n - 1]
+            at += n
+    causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()
+    attn = ((segment[:, :, None] == segment[:, None, :]) & causal)[:, None]
+    order = [i for rows in bins for i in rows]
+    return ids, positions, attn, select, order
+
+
+def _selected_logits(model, input_ids: torch.Tensor, target: torch.Tensor, pack: bool) -> torch.Tensor:
+    """The logits at the positions `target` (N, T - 1) marks, in row-major order of the padded layout."""
+    if pack and len(input_ids) > 1:
+        ids, positions, attn, select, order = pack_rows(input_ids, target)
+        packed = model(ids, position_ids=positions, attn_mask=attn, select=select)
+        counts = target[order].sum(1).tolist()
+        pieces = dict(zip(order, packed.split(counts)))
+        return torch.cat([pieces[i] for i in range(len(input_ids))])
     select = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
     select[:, :-1] = target
-    logits = model(input_ids, select=select).float()  # (n, vocab)
+    return model(input_ids, select=select)
+
+
+def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float, pack: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
+    `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad).
+    pack: the rows run packed end to end (pack_rows), the same function without the padding's work."""
+    target = mask.bool()  # position t predicts token t + 1
+    logits = _selected_logits(model, input_ids, target, pack).float()  # (n, vocab)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
@@ -165,7 +226,7 @@ def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
     """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss."""
 
     def loss_fn(model, b: PolicyBatch):
-        logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature)
+        logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature, cfg.pack)
         old = b.old_logp if b.old_logp is not None else logp.detach()
         rows = b.input_ids.shape[0]
         # normalisers over the whole batch (all micro-batches and ranks), so accumulation is exact
@@ -184,7 +245,7 @@ def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
 
 
 @torch.no_grad()
-def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: str) -> None:
-    parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature)[0]
+def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: str, pack: bool = False) -> None:
+    parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature, pack)[0]
              for i in range(0, len(batch.input_ids), micro)]
     setattr(batch, attr, torch.cat(parts))
