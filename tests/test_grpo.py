@@ -41,6 +41,9 @@ def test_grpo_logs_and_writes_a_checkpoint(tmp_path, init_ckpt):
                 "entropy", "gen_s", "train_s", "tokens_per_s", "groups_dropped", "reward_repetition", "reward_tag_count"):
         assert key in rows[-1], key
     assert rows[-1]["response_length"] <= 12
+    # rollouts match training: the engine's log-probs of the sampled tokens are the trainer's, in fp32 on CPU
+    for row in rows:
+        assert 0.0 <= row["logp_gap_mean"] <= row["logp_gap_max"] <= 1e-4, row
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
     samples = read(tmp_path / "run" / "samples.jsonl")
     assert samples and samples[0]["completion"].startswith("<think>\n")

@@ -103,7 +103,8 @@ class GRPOStep:
             fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp",
                       cfg.pack)
         trainer.model.train()
-        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)))
+        parity: list[torch.Tensor] = []  # |log p_engine - log p_trainer| per micro-batch, first update only
+        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity)
         n_rows = len(batch.advantages)
         micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, n_rows, cfg.micro_batch_size)]
         weights = [1.0] * len(micro)  # loss_fn already scales each micro-batch
@@ -112,9 +113,19 @@ class GRPOStep:
                                trainer.run, loss_fn, weights)
         n_micro, = all_reduce_sum([float(len(micro))], dist)
         flops = trainer.model.flops_per_token(batch.input_ids.shape[1]) * stats.tokens * cfg.mu
-        return {"loss": stats.loss, "grad_norm": stats.grad_norm, **{k: v / n_micro for k, v in stats.parts.items()},
+        return {"loss": stats.loss, "grad_norm": stats.grad_norm, **self.parity(parity[:len(micro)]),
+                **{k: v / n_micro for k, v in stats.parts.items()},
                 **stats.router, "train_tokens": stats.tokens,
                 "mfu": flops / (time.perf_counter() - started) / trainer.peak}
+
+    def parity(self, gaps: list[torch.Tensor]) -> dict[str, float]:
+        """Rollouts against training: max (this rank) and mean (all ranks) |log p_engine - log p_trainer| over
+        the trained tokens, under the weights that sampled them (empty at temperature != 1)."""
+        if not gaps:
+            return {}
+        flat = torch.cat(gaps)
+        total, count = all_reduce_sum([float(flat.sum()), float(len(flat))], self.trainer.run.dist)
+        return {"logp_gap_max": float(flat.max()) if len(flat) else 0.0, "logp_gap_mean": total / max(count, 1.0)}
 
     def metrics(self, stats: SampleStats, n_rows_total: int, step: int, gen_s: float, train_s: float) -> dict[str, Any]:
         """The step's record over every sampled completion (the policy's quality), summed over ranks; with

@@ -114,6 +114,7 @@ class PolicyBatch:
     advantages: torch.Tensor  # (N,)
     old_logp: torch.Tensor | None = None  # (N, T - 1)
     ref_logp: torch.Tensor | None = None
+    engine_logp: torch.Tensor | None = None  # (N, T - 1): the sampler's raw log-prob of each completion token
 
     @property
     def n_targets(self) -> int:
@@ -122,14 +123,14 @@ class PolicyBatch:
     def rows(self, start: int, stop: int) -> "PolicyBatch":
         cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
         return PolicyBatch(self.input_ids[start:stop], self.target_mask[start:stop], self.advantages[start:stop],
-                           cut(self.old_logp), cut(self.ref_logp))
+                           cut(self.old_logp), cut(self.ref_logp), cut(self.engine_logp))
 
     def take(self, index: torch.Tensor) -> "PolicyBatch":
         """The rows `index`, cut to the width the longest of them needs."""
         width = int(self.target_mask[index].sum(0).nonzero().max()) + 2 if bool(self.target_mask[index].any()) else 2
         cut = lambda t: None if t is None else t[index][:, :width - 1]  # noqa: E731
         return PolicyBatch(self.input_ids[index][:, :width], self.target_mask[index][:, :width - 1],
-                           self.advantages[index], cut(self.old_logp), cut(self.ref_logp))
+                           self.advantages[index], cut(self.old_logp), cut(self.ref_logp), cut(self.engine_logp))
 
     def useful(self) -> "PolicyBatch":
         """Only the rows with a gradient when beta = 0: a non-zero advantage and at least one trained token
@@ -140,7 +141,7 @@ class PolicyBatch:
     def to(self, device) -> "PolicyBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PolicyBatch(move(self.input_ids), move(self.target_mask), move(self.advantages), move(self.old_logp),
-                           move(self.ref_logp))
+                           move(self.ref_logp), move(self.engine_logp))
 
 
 def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated: bool) -> PolicyBatch:
@@ -149,11 +150,14 @@ def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width - 1)
+    engine = torch.zeros(len(rows), width - 1) if rollouts.engine_logp else None
     for i, (p, c) in enumerate(zip(rollouts.prompt_ids, rollouts.completion_ids)):
         ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        if engine is not None:
+            engine[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(rollouts.engine_logp[i])
         if not (mask_truncated and rollouts.truncated[i]):
             mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0  # position t predicts token t + 1
-    return PolicyBatch(ids, mask, advantages)
+    return PolicyBatch(ids, mask, advantages, engine_logp=engine)
 
 
 def pack_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -222,11 +226,15 @@ def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: 
     return logp, entropy
 
 
-def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
-    """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss."""
+def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int, parity: list | None = None):
+    """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss.
+    parity: a list that gets, per micro-batch, |log p_engine - log p_trainer| on its trained tokens (at
+    temperature 1 only: the engine reports raw log-probs)."""
 
     def loss_fn(model, b: PolicyBatch):
         logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature, cfg.pack)
+        if parity is not None and b.engine_logp is not None and cfg.temperature == 1.0:
+            parity.append((logp.detach() - b.engine_logp)[b.target_mask.bool()].abs())
         old = b.old_logp if b.old_logp is not None else logp.detach()
         rows = b.input_ids.shape[0]
         # normalisers over the whole batch (all micro-batches and ranks), so accumulation is exact
