@@ -149,7 +149,8 @@ def test_dynamic_sampling_draws_enough_prompts_at_the_seen_keep_rate(tokenizer):
             outs = []
             for _ in range(len(prompts) // G):
                 g = next(groups)
-                outs += [SimpleNamespace(text="y" if g % 4 == 0 and j == 0 else "x", token_ids=[5], finish_reason="stop")
+                outs += [SimpleNamespace(text="y" if g % 4 == 0 and j == 0 else "x", token_ids=[5], finish_reason="stop",
+                                           logprobs=[-0.5])
                          for j in range(G)]
             return outs
 
