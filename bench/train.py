@@ -26,17 +26,14 @@ from r1lab.config import TrainConfig
 from r1lab.model import Transformer, preset
 from r1lab.train.data import Batch
 from r1lab.train.dist import Dist, RunState
+from r1lab.train.metrics import device_peak
 from r1lab.train.step import make_optimizer, train_step, wrap_model
 
 
-def measure_peak(size: int = 2048, repeats: int = 8) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best
+def measure_peak(repeats: int = 8) -> float:
+    """r1lab's one peak (train/metrics.device_peak, as the training progress line uses), measured again
+    here and kept at the best seen on this machine."""
+    return device_peak(torch.device("cpu"), refresh=True, repeats=repeats).flops
 
 
 # ---------------------------------------------------------------- the peer: a plain GPT

@@ -28,8 +28,7 @@ class Rollout:
     finish_reasons: list[str]  # "stop" or "length"
     columns: dict[str, list]  # the reward columns (answer, task, ...), repeated k times
     scores: Any = None  # what `scorer(texts, **columns)` returned, when a scorer was given
-    # the sampler's log-prob of each generated token, per sample, when the engine returns them (VLLMRollout)
-    sampler_logp: list[list[float] | None] | None = None
+    logprobs: list[list[float]] | None = None  # with logprobs=True: the engine's raw log-prob of each generated token
 
     @property
     def lengths(self) -> list[int]:
@@ -52,20 +51,21 @@ def chat_prompt(tokenizer: Tokenizer, problem: dict) -> list[int]:
 
 def rollout(engine: Engine, tokenizer: Tokenizer, problems: list[dict], k: int, *, max_tokens: int,
             temperature: float = 1.0, top_p: float = 1.0, seed_of: Callable[[int, int], int] | None = None,
-            scorer: Callable[..., Any] | None = None, progress: bool = False) -> Rollout:
-    """Sample k completions of every problem with `engine` and score them with `scorer` (if given)."""
+            scorer: Callable[..., Any] | None = None, progress: bool = False, logprobs: bool = False) -> Rollout:
+    """Sample k completions of every problem with `engine` and score them with `scorer` (if given).
+    logprobs: also keep each generated token's log-prob under the engine (raw, at temperature 1)."""
     prompt_ids = [chat_prompt(tokenizer, p) for p in problems]
     if seed_of is None:
         params: SamplingParams | list[SamplingParams] = SamplingParams(max_tokens=max_tokens, temperature=temperature,
-                                                                       top_p=top_p)
+                                                                       top_p=top_p, logprobs=logprobs)
     else:
-        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed_of(i, j))
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed_of(i, j),
+                                 logprobs=logprobs)
                   for i in range(len(problems)) for j in range(k)]
     outs = engine.generate([ids for ids in prompt_ids for _ in range(k)], params, progress=progress)
     prefix = response_prefix_of(tokenizer)
     texts = [prefix + o.text for o in outs]
     columns = columns_of(problems, k)
-    sampler_logp = [getattr(o, "logprobs", None) for o in outs]
     return Rollout(problems, k, prompt_ids, texts, [list(o.token_ids) for o in outs], [o.finish_reason for o in outs],
                    columns, scorer(texts, **columns) if scorer is not None else None,
-                   sampler_logp if any(lp is not None for lp in sampler_logp) else None)
+                   [list(o.logprobs) for o in outs] if logprobs else None)

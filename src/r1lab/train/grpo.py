@@ -35,7 +35,7 @@ from . import health
 from .dist import all_reduce_sum, distributed_job
 from .grpo_collect import PromptStream, Rollouts, SampleStats, collect
 from .grpo_config import PRESETS, GRPOConfig, GRPOSection
-from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch, sampler_logp_gap
+from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch
 from .lora import attach_lora
 from .loop import Trainer, load_model_for, save_config, setup_run, train
 from .step import lr_at, train_step
@@ -105,26 +105,39 @@ class GRPOStep:
         started = time.perf_counter()
         advantages = group_advantages(torch.tensor(rollouts.rewards), cfg.group_size, cfg.advantage)
         batch = policy_batch(rollouts, advantages, trainer.tokenizer.pad_token_id, cfg.mask_truncated)
+        # the normalisers count every kept row and token, also those skipped below (their loss is exactly 0)
         n_tokens_total, = all_reduce_sum([float(batch.n_targets)], dist)
-        gap = {}
-        if cfg.mu > 1 or rollouts.sampler_logp:  # the sampling policy's log-probs, fixed across the mu updates
-            fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp")
-        if rollouts.sampler_logp:  # how far the sampler's log-probs are from the trainer's (vLLM: bf16)
-            gap = sampler_logp_gap(batch.old_logp, batch.target_mask, rollouts)
+        if cfg.beta == 0 and cfg.skip_zero_advantage:
+            batch = batch.useful()
+        if cfg.mu > 1:  # the sampling policy's log-probs, fixed across the mu updates
+            fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp", cfg.pack)
         if self.reference is not None:
-            fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp")
+            fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp",
+                      cfg.pack)
         trainer.model.train()
-        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)))
-        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, n_kept, cfg.micro_batch_size)]
+        parity: list[torch.Tensor] = []  # |log p_engine - log p_trainer| per micro-batch, first update only
+        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity)
+        n_rows = len(batch.advantages)
+        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, n_rows, cfg.micro_batch_size)]
         weights = [1.0] * len(micro)  # loss_fn already scales each micro-batch
         for _ in range(cfg.mu):
             stats = train_step(trainer.wrapped, trainer.model, trainer.optimizer, micro, lr_at(step, trainer.run.train),
                                trainer.run, loss_fn, weights)
         n_micro, = all_reduce_sum([float(len(micro))], dist)
         flops = trainer.model.flops_per_token(batch.input_ids.shape[1]) * stats.tokens * cfg.mu
-        return {"loss": stats.loss, "grad_norm": stats.grad_norm, **{k: v / n_micro for k, v in stats.parts.items()},
-                **stats.router, **gap, "train_tokens": stats.tokens,
+        return {"loss": stats.loss, "grad_norm": stats.grad_norm, **self.parity(parity[:len(micro)]),
+                **{k: v / n_micro for k, v in stats.parts.items()},
+                **stats.router, "train_tokens": stats.tokens,
                 "mfu": flops / (time.perf_counter() - started) / trainer.peak}
+
+    def parity(self, gaps: list[torch.Tensor]) -> dict[str, float]:
+        """Rollouts against training: max (this rank) and mean (all ranks) |log p_engine - log p_trainer| over
+        the trained tokens, under the weights that sampled them (empty at temperature != 1)."""
+        if not gaps:
+            return {}
+        flat = torch.cat(gaps)
+        total, count = all_reduce_sum([float(flat.sum()), float(len(flat))], self.trainer.run.dist)
+        return {"logp_gap_max": float(flat.max()) if len(flat) else 0.0, "logp_gap_mean": total / max(count, 1.0)}
 
     def metrics(self, stats: SampleStats, n_rows_total: int, step: int, gen_s: float, train_s: float) -> dict[str, Any]:
         """The step's record over every sampled completion (the policy's quality), summed over ranks; with

@@ -79,17 +79,17 @@ class Rollouts:
     completion_ids: list[list[int]] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
-    sampler_logp: list[list[float]] = field(default_factory=list)  # the sampler's log-prob per token, when it gives them
+    engine_logp: list[list[float]] = field(default_factory=list)  # the sampler's raw log-prob of each token
 
     def add(self, prompt_ids: list[int], completions: list[list[int]], rewards: list[float], truncated: list[bool],
-            sampler_logp: list[list[float] | None] | None = None) -> None:
+            logprobs: list[list[float]]) -> None:
         """One group: its prompt's ids once per completion."""
-        for completion, reward, cut in zip(completions, rewards, truncated):
+        for completion, reward, cut, logp in zip(completions, rewards, truncated, logprobs):
             self.prompt_ids.append(prompt_ids)
             self.completion_ids.append(completion)
             self.rewards.append(reward)
             self.truncated.append(cut)
-        self.sampler_logp += [lp for lp in sampler_logp or [] if lp is not None]
+            self.engine_logp.append(logp)
 
 
 @dataclass
@@ -137,7 +137,8 @@ def collect(engine: Engine, tokenizer: Tokenizer, prompts: PromptStream, scorer,
         drawn = prompts.take(need)
         problems = [p for _, p in drawn]
         out = rollout(engine, tokenizer, problems, group_size, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                      top_p=cfg.top_p, seed_of=lambda i, j: (seed * 7919 + drawn[i][0]) * 1009 + j, scorer=scorer)
+                      top_p=cfg.top_p, seed_of=lambda i, j: (seed * 7919 + drawn[i][0]) * 1009 + j, scorer=scorer,
+                      logprobs=True)
         scores, totals = out.scores, list(out.scores.total)
         if "accuracy" not in scores.parts:  # always logged, even when it is not a reward of this run
             scores.parts["accuracy"] = get_reward("accuracy")(out.texts, **out.columns)
@@ -151,8 +152,7 @@ def collect(engine: Engine, tokenizer: Tokenizer, prompts: PromptStream, scorer,
             if cfg.dynamic_sampling and max(totals[group]) - min(totals[group]) < 1e-9:
                 stats.groups_dropped += 1
             elif len(kept.rewards) < n_local * group_size:
-                kept.add(out.prompt_ids[g], out.token_ids[group], totals[group], out.truncated[group],
-                         out.sampler_logp[group] if out.sampler_logp is not None else None)
+                kept.add(out.prompt_ids[g], out.token_ids[group], totals[group], out.truncated[group], out.logprobs[group])
         for g, problem in enumerate(problems[:max(0, cfg.samples_per_log - len(stats.examples))]):
             stats.examples.append({"step": step, "prompt": problem["prompt"], "answer": problem.get("answer"),
                                    "completion": out.texts[g * group_size], "reward": totals[g * group_size]})

@@ -114,6 +114,7 @@ class PolicyBatch:
     advantages: torch.Tensor  # (N,)
     old_logp: torch.Tensor | None = None  # (N, T - 1)
     ref_logp: torch.Tensor | None = None
+    engine_logp: torch.Tensor | None = None  # (N, T - 1): the sampler's raw log-prob of each completion token
 
     @property
     def n_targets(self) -> int:
@@ -122,12 +123,25 @@ class PolicyBatch:
     def rows(self, start: int, stop: int) -> "PolicyBatch":
         cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
         return PolicyBatch(self.input_ids[start:stop], self.target_mask[start:stop], self.advantages[start:stop],
-                           cut(self.old_logp), cut(self.ref_logp))
+                           cut(self.old_logp), cut(self.ref_logp), cut(self.engine_logp))
+
+    def take(self, index: torch.Tensor) -> "PolicyBatch":
+        """The rows `index`, cut to the width the longest of them needs."""
+        width = int(self.target_mask[index].sum(0).nonzero().max()) + 2 if bool(self.target_mask[index].any()) else 2
+        cut = lambda t: None if t is None else t[index][:, :width - 1]  # noqa: E731
+        return PolicyBatch(self.input_ids[index][:, :width], self.target_mask[index][:, :width - 1],
+                           self.advantages[index], cut(self.old_logp), cut(self.ref_logp), cut(self.engine_logp))
+
+    def useful(self) -> "PolicyBatch":
+        """Only the rows with a gradient when beta = 0: a non-zero advantage and at least one trained token
+        (at least one row is kept, so that every rank still runs its backward)."""
+        keep = ((self.advantages != 0) & self.target_mask.bool().any(1)).nonzero().squeeze(1)
+        return self.take(keep if len(keep) else torch.arange(1))
 
     def to(self, device) -> "PolicyBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PolicyBatch(move(self.input_ids), move(self.target_mask), move(self.advantages), move(self.old_logp),
-                           move(self.ref_logp))
+                           move(self.ref_logp), move(self.engine_logp))
 
 
 def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated: bool) -> PolicyBatch:
@@ -136,21 +150,72 @@ def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width - 1)
+    engine = torch.zeros(len(rows), width - 1) if rollouts.engine_logp else None
     for i, (p, c) in enumerate(zip(rollouts.prompt_ids, rollouts.completion_ids)):
         ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        if engine is not None:
+            engine[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(rollouts.engine_logp[i])
         if not (mask_truncated and rollouts.truncated[i]):
             mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0  # position t predicts token t + 1
-    return PolicyBatch(ids, mask, advantages)
+    return PolicyBatch(ids, mask, advantages, engine_logp=engine)
 
 
-def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
-    `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad)."""
-    target = mask.bool()  # position t predicts token t + 1
+def pack_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Right-padded rows (N, T) -> fewer rows of at most T tokens, each holding several rows end to end
+    (first fit, longest first), with per-row positions and a block-diagonal causal mask: ids, positions,
+    attention mask (B, 1, T, T), the packed rows' select mask (B, T) and the padded rows' target mask in the
+    same order, so that logits[select] line up with the padded layout's targets."""
+    target = mask.bool()
+    lengths = (input_ids.new_tensor([t.nonzero().max() + 2 if t.any() else 1 for t in target]))
+    width = int(lengths.max())
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda r: -int(lengths[r])):
+        n = int(lengths[i])
+        slot = next((b for b, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            bins.append([]), room.append(width)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= n
+    ids = input_ids.new_zeros((len(bins), width))
+    positions = input_ids.new_zeros((len(bins), width))
+    segment = input_ids.new_zeros((len(bins), width))
+    select = torch.zeros((len(bins), width), dtype=torch.bool, device=input_ids.device)
+    for b, rows in enumerate(bins):
+        at = 0
+        for k, i in enumerate(rows, start=1):
+            n = int(lengths[i])
+            ids[b, at:at + n], positions[b, at:at + n] = input_ids[i, :n], torch.arange(n)
+            segment[b, at:at + n] = k
+            select[b, at:at + n - 1] = target[i, :n - 1]
+            at += n
+    causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()
+    attn = ((segment[:, :, None] == segment[:, None, :]) & causal)[:, None]
+    order = [i for rows in bins for i in rows]
+    return ids, positions, attn, select, order
+
+
+def _selected_logits(model, input_ids: torch.Tensor, target: torch.Tensor, pack: bool) -> torch.Tensor:
+    """The logits at the positions `target` (N, T - 1) marks, in row-major order of the padded layout."""
+    if pack and len(input_ids) > 1:
+        ids, positions, attn, select, order = pack_rows(input_ids, target)
+        packed = model(ids, position_ids=positions, attn_mask=attn, select=select)
+        counts = target[order].sum(1).tolist()
+        pieces = dict(zip(order, packed.split(counts)))
+        return torch.cat([pieces[i] for i in range(len(input_ids))])
     select = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
     select[:, :-1] = target
-    logits = model(input_ids, select=select).float()  # (n, vocab)
+    return model(input_ids, select=select)
+
+
+def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float, pack: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-prob of each next token under the policy (at the sampling temperature), (N, T - 1), zero where
+    `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad).
+    pack: the rows run packed end to end (pack_rows), the same function without the padding's work."""
+    target = mask.bool()  # position t predicts token t + 1
+    logits = _selected_logits(model, input_ids, target, pack).float()  # (n, vocab)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
@@ -161,11 +226,15 @@ def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: 
     return logp, entropy
 
 
-def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
-    """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss."""
+def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int, parity: list | None = None):
+    """The loss for one micro-batch, scaled so that the micro-batches' losses sum to the batch's loss.
+    parity: a list that gets, per micro-batch, |log p_engine - log p_trainer| on its trained tokens (at
+    temperature 1 only: the engine reports raw log-probs)."""
 
     def loss_fn(model, b: PolicyBatch):
-        logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature)
+        logp, entropy = token_logp(model, b.input_ids, b.target_mask, cfg.temperature, cfg.pack)
+        if parity is not None and b.engine_logp is not None and cfg.temperature == 1.0:
+            parity.append((logp.detach() - b.engine_logp)[b.target_mask.bool()].abs())
         old = b.old_logp if b.old_logp is not None else logp.detach()
         rows = b.input_ids.shape[0]
         # normalisers over the whole batch (all micro-batches and ranks), so accumulation is exact
@@ -184,24 +253,7 @@ def make_loss_fn(cfg: GRPOSection, n_rows_total: int, n_tokens_total: int):
 
 
 @torch.no_grad()
-def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: str) -> None:
-    parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature)[0]
+def fill_logp(model, batch: PolicyBatch, temperature: float, micro: int, attr: str, pack: bool = False) -> None:
+    parts = [token_logp(model, batch.input_ids[i:i + micro], batch.target_mask[i:i + micro], temperature, pack)[0]
              for i in range(0, len(batch.input_ids), micro)]
     setattr(batch, attr, torch.cat(parts))
-
-
-def sampler_logp_gap(trainer_logp: torch.Tensor, target_mask: torch.Tensor, rollouts) -> dict[str, float]:
-    """|log p_trainer - log p_sampler| over the trained completion tokens, when the sampler (vLLM) returned
-    its own log-probs: `rollouts.sampler_logp[i][j]` is token j of completion i, which the trainer predicts
-    at position len(prompt_i) - 1 + j. A gap near 0 means the two compute the same policy; a large one is
-    where an importance-sampling correction (TRL's vllm_importance_sampling_*) would be needed."""
-    gaps = []
-    for i, (prompt, sampled) in enumerate(zip(rollouts.prompt_ids, rollouts.sampler_logp)):
-        span = slice(len(prompt) - 1, len(prompt) - 1 + len(sampled))
-        keep = target_mask[i, span].bool()
-        theirs = torch.tensor(sampled, dtype=trainer_logp.dtype, device=trainer_logp.device)
-        gaps.append((trainer_logp[i, span] - theirs)[keep].abs())
-    gap = torch.cat(gaps) if gaps else trainer_logp.new_zeros(0)
-    if not len(gap):
-        return {}
-    return {"sampler_dlogp_mean": float(gap.mean()), "sampler_dlogp_max": float(gap.max())}

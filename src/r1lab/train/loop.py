@@ -35,7 +35,7 @@ from ..tokenizer import Tokenizer
 from .checkpoint import Checkpointer, Stateful, full_state, is_fsdp, resume_point
 from .data import Batch
 from .dist import RunState, all_reduce_sum, broadcast_object, init_distributed, seed_everything
-from .metrics import MetricsLogger, Progress, peak_flops
+from .metrics import MetricsLogger, Progress, device_peak
 from .step import lm_loss, local_micro_batches, lr_at, make_optimizer, train_step, wrap_model
 
 # ---------------------------------------------------------------- the run, its model and tokenizer
@@ -129,8 +129,11 @@ def train(trainer: Trainer, stream: Stateful, step_fn: StepFn, *, desc: str, ext
     else:
         seed_everything(cfg.seed + 1 + dist.rank)  # per-rank streams for anything random while training
     logger = MetricsLogger(run.out_dir, dist.is_main, step if run.resume_from is not None else None)
-    trainer.peak = peak_flops(dist.device) * dist.world_size if dist.is_main else 1.0
+    peak = device_peak(dist.device) if dist.is_main else None
+    trainer.peak = peak.flops * dist.world_size if peak is not None else 1.0
     progress = Progress(cfg.max_steps, step, desc, dist.is_main, cfg.log_every)
+    if peak is not None:
+        progress.peak = peak.label() + (f" x {dist.world_size} ranks" if dist.world_size > 1 else "")
     started = time.perf_counter()
     try:
         while step < cfg.max_steps:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,7 @@ class Progress:
             self.task = self.bar.add_task(desc, total=total, completed=start, info="")
             self.bar.start()
         self.desc, self.total = desc, total
+        self.peak = "?"  # the peak MFU divides by, Peak.label() (set by the loop)
 
     def update(self, step: int, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -85,7 +88,7 @@ class Progress:
             signs = (record.get("health") or {}).get("signs")
             info += f"  WARNING {', '.join(signs)}" if signs else ""  # health signs (train/health.py)
         else:
-            info = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  MFU {record['mfu']:.1%}"
+            info = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  MFU {record['mfu']:.1%} of {self.peak}"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif step % self.log_every == 0 or step == self.total:
@@ -96,39 +99,86 @@ class Progress:
             self.bar.stop()
 
 
-_PEAK: dict[str, float] = {}
 # dense bf16 tensor-core peaks (FLOP/s) of common accelerators; others are measured
 GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
              "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+PEAK_SIZE = 2048  # the one measurement: a PEAK_SIZE^2 fp32 matmul, best of several
 
 
-def peak_flops(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
-    """The device's matmul peak FLOP/s, the denominator of MFU. R1LAB_PEAK_FLOPS overrides; known GPUs
-    come from a table; anything else is measured once (best of a few fp32 matmuls)."""
-    if os.environ.get("R1LAB_PEAK_FLOPS"):
-        return float(os.environ["R1LAB_PEAK_FLOPS"])
-    key = f"{device}:{size}"
-    if key in _PEAK:
-        return _PEAK[key]
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for gpu, flops in GPU_PEAKS.items():
-            if gpu in name:
-                _PEAK[key] = flops
-                return flops
-    # its own generator: this runs after a resume restored the RNG states, which training (dropout) goes on using
+@dataclass(frozen=True)
+class Peak:
+    """The FLOP/s MFU divides by, and where it came from (shown next to every MFU figure)."""
+
+    flops: float
+    source: str
+
+    def label(self) -> str:
+        return f"{self.flops / 1e9:,.0f} GFLOP/s {self.source}"
+
+
+def peak_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r1lab" / "peak.json"
+
+
+def _machine_key(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    return f"{platform.node()}|{device.type}|{name}|{torch.get_num_threads()} threads"
+
+
+def measure_peak(device: torch.device, repeats: int = 8) -> float:
+    """Best FLOP/s of a PEAK_SIZE^2 fp32 matmul over `repeats` tries (after one warm-up); its inputs come
+    from a private generator, so measuring never moves the global RNG (resume stays exact)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, generator=gen)
-    b = torch.randn(size, size, device=device, generator=gen)
+    a = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, generator=gen)
+    b = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, generator=gen)
     best = float("inf")
     for _ in range(repeats + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        started = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    _PEAK[key] = 2 * size**3 / best
-    return _PEAK[key]
+        best = min(best, time.perf_counter() - started)
+    return 2 * PEAK_SIZE**3 / best
 
+
+def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8) -> Peak:
+    """The peak FLOP/s of this device, one way everywhere: R1LAB_PEAK_FLOPS if set; a known GPU's table
+    figure; else the PEAK_SIZE^2 fp32 matmul, measured once per machine and thread count and cached in
+    ~/.cache/r1lab/peak.json (the best seen so far). refresh: measure again and keep the better figure."""
+    if os.environ.get("R1LAB_PEAK_FLOPS"):
+        return Peak(float(os.environ["R1LAB_PEAK_FLOPS"]), "(R1LAB_PEAK_FLOPS)")
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for gpu, flops in GPU_PEAKS.items():
+            if gpu in name:
+                return Peak(flops, f"({gpu} bf16 dense, table)")
+    key, path = _machine_key(device), peak_cache()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    best = float(cache.get(key, 0.0))
+    if refresh or best <= 0:
+        best = max(best, measure_peak(device, repeats))
+        cache[key] = best
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home: the figure is still right for this run
+    return Peak(best, f"(fp32 {PEAK_SIZE}\u00b2 matmul, {torch.get_num_threads()} threads, cached)")
+
+
+def peak_flops(device: torch.device) -> float:
+    """device_peak's FLOP/s."""
+    return device_peak(device).flops
