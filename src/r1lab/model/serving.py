@@ -19,7 +19,10 @@ ENGINES = ("transformers", "vllm", "sglang", "llama.cpp")
 
 
 def serving_problems(cfg: ModelConfig) -> dict[str, list[str]]:
-    """engine -> the reasons it cannot serve this model correctly (empty list: it can)."""
+    """engine -> the reasons it cannot serve this model correctly (empty list: it can). Llama/Qwen folders
+    (model/families.py) keep their own Hugging Face format, which every engine reads: no reasons."""
+    if not isinstance(cfg, ModelConfig):
+        return {engine: [] for engine in ENGINES}
     common = []
     if cfg.attention != "mla":
         common.append("attention=mha is an r1lab ablation; DeepseekV3 loaders expect MLA weights")
@@ -44,6 +47,8 @@ _warned: set[tuple] = set()
 def warn_if_unservable(cfg: ModelConfig, folder) -> None:
     """One line on stderr, once per process and model shape, when vLLM will not serve this checkpoint."""
     problems = serving_problems(cfg)["vllm"]
+    if not problems:
+        return
     key = (cfg.attention, cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.rope_interleave, cfg.tie_word_embeddings)
     if problems and key not in _warned:
         _warned.add(key)

@@ -82,14 +82,15 @@ class Rollouts:
     engine_logp: list[list[float]] = field(default_factory=list)  # the sampler's raw log-prob of each token
 
     def add(self, prompt_ids: list[int], completions: list[list[int]], rewards: list[float], truncated: list[bool],
-            logprobs: list[list[float]]) -> None:
-        """One group: its prompt's ids once per completion."""
-        for completion, reward, cut, logp in zip(completions, rewards, truncated, logprobs):
+            logprobs: list[list[float]] | None = None) -> None:
+        """One group: its prompt's ids once per completion (and the sampler's log-probs, when it gave them:
+        every group of a batch or none)."""
+        for completion, reward, cut in zip(completions, rewards, truncated):
             self.prompt_ids.append(prompt_ids)
             self.completion_ids.append(completion)
             self.rewards.append(reward)
             self.truncated.append(cut)
-            self.engine_logp.append(logp)
+        self.engine_logp += logprobs or []
 
 
 @dataclass
