@@ -68,8 +68,9 @@ def small_policy_checkpoint(tokenizer, folder):
     return folder
 
 
-def serve_in_background(args, env):
-    """Start `r1lab serve ARGS` on a free port and wait until /health answers; returns (process, base URL)."""
+def serve_in_background(args, env, timeout: float = 60):
+    """Start `r1lab serve ARGS` on a free port and wait (up to `timeout` s) until /health answers; returns
+    (process, base URL). The process's output is piped: read it with communicate() after terminate()."""
     import socket
     import subprocess
     import sys
@@ -83,7 +84,7 @@ def serve_in_background(args, env):
     proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", *map(str, args), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:

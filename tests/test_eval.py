@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from argparse import Namespace
 
-import httpx
 import pytest
 
-from conftest import chain_model
+from conftest import chain_model, serve_in_background
 from r1lab.eval import stats
 from r1lab.eval.cli import settings_for
 from r1lab.eval.evaluate import R1_MATH_INSTRUCTION, Sample, evaluate_with
@@ -131,22 +128,9 @@ def test_eval_skips_long_prompts_and_endpoint_matches_checkpoint(tmp_path, token
     assert (summary["n"], summary["skipped"], summary["temperature"], summary["top_p"]) == (5, 1, 0.6, 0.95)
     assert summary["greedy"] == 0.6 and summary["greedy_ci"][0] < 0.6 < summary["greedy_ci"][1]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", ckpt, "--port", str(port), "--model-name", "m"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "R1LAB_API_KEY": "k"})
+    # a loaded machine can take minutes to import torch and start
+    server, url = serve_in_background([ckpt, "--model-name", "m"], {**os.environ, "R1LAB_API_KEY": "k"}, timeout=300)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300  # a loaded machine can take minutes to import torch and start
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
         remote = _eval("--endpoint", url + "/v1", "--model", "m", "--api-key", "k", "--tasks", str(problems_file),
                        "--k", "2", "--concurrency", "4", "--out", str(tmp_path / "remote.jsonl"))
         assert remote.returncode == 0, remote.stderr
@@ -154,7 +138,7 @@ def test_eval_skips_long_prompts_and_endpoint_matches_checkpoint(tmp_path, token
         assert wrong_key.returncode == 2 and "HTTP 401" in wrong_key.stderr and "Traceback" not in wrong_key.stderr
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.communicate(timeout=30)
     mine, theirs = _rows(tmp_path / "local.jsonl"), _rows(tmp_path / "remote.jsonl")
     assert mine.keys() == theirs.keys()
     for prompt, row in mine.items():

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import r1lab
-from conftest import chain_model, tiny_config
+from conftest import chain_model, serve_in_background, tiny_config
 from r1lab.engine import Engine
 from r1lab.model import Transformer, save_checkpoint
 from r1lab.serve import ReasoningSplitter, create_app, reasoning_token_count, split_reasoning
@@ -607,25 +607,8 @@ def test_fuzz_never_5xx_long(server, request, hdrs):
 # ---------------------------------------------------------------- command lines
 
 def test_serve_command(reasoner_dir, tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "R1LAB_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", reasoner_dir, "--port", str(port), "--model-name", "r1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc, url = serve_in_background([reasoner_dir, "--model-name", "r1"], {**os.environ, "R1LAB_API_KEY": "k"})
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
         oa = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         assert [m.id for m in oa.models.list().data] == ["r1"]
         assert oa.chat.completions.create(model="r1", messages=USER).choices[0].message.content == ANSWER
