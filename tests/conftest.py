@@ -95,3 +95,21 @@ def serve_in_background(args, env, timeout: float = 60):
             proc.kill()
             raise AssertionError(f"server did not come up: {proc.communicate()[0][-2000:]}")
         time.sleep(0.2)
+
+
+def kill_at_checkpoint(cmd: list[str], checkpoint, env, timeout: float = 300) -> None:
+    """Run `cmd` until `checkpoint` (a checkpoints/step_N folder) is complete, then SIGKILL it: the kill the
+    exact-resume tests resume from."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not (checkpoint / "r1lab_manifest.json").exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {checkpoint.name}: {proc.stderr.read().decode()[-2000:]}")
+        assert time.time() < deadline, f"no {checkpoint.name} after {timeout:.0f} s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

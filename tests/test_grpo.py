@@ -1,15 +1,13 @@
 """The GRPO trainer end to end on a tiny model: it logs what it should, learns, and resumes exactly."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import small_policy_checkpoint
+from conftest import kill_at_checkpoint, small_policy_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +59,7 @@ def test_grpo_resumes_exactly_after_sigkill(tmp_path, init_ckpt):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "r1lab.cli"]
     subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
-    proc = subprocess.Popen(cmd + args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (tmp_path / "cut" / "checkpoints" / "step_2" / "r1lab_manifest.json").exists():
-        assert time.time() < deadline and proc.poll() is None, "no checkpoint appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(cmd + args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
     assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
     subprocess.run(cmd + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300,
                    capture_output=True)

@@ -4,10 +4,8 @@ import copy
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import pytest
@@ -15,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import r1lab
-from conftest import serve_in_background, small_policy_checkpoint, tiny_config
+from conftest import kill_at_checkpoint, serve_in_background, small_policy_checkpoint, tiny_config
 from r1lab.engine import Engine, SamplingParams
 from r1lab.model import Transformer, load_model, save_checkpoint
 from r1lab.model.adapter import peft_config, save_adapter
@@ -210,18 +208,6 @@ def base_ckpt(tmp_path_factory, tokenizer):
     return small_policy_checkpoint(tokenizer, tmp_path_factory.mktemp("lora") / "base")
 
 
-def _kill_after(cmd, checkpoint) -> None:
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not (checkpoint / "r1lab_manifest.json").exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before {checkpoint.name}: {proc.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, f"no {checkpoint.name} after 300 s"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 def _check_adapter_run(run, base_ckpt, base_sha):
     final = run / "final"
     assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
@@ -256,7 +242,7 @@ def test_lora_run_trains_the_adapter_only_and_resumes_bitwise(tmp_path, base_ckp
     if command == "sft":
         assert sum(r["loss"] for r in straight[-3:]) < sum(r["loss"] for r in straight[:3])  # it learns
 
-    _kill_after(_cli(*args, "--out", tmp_path / "cut"), tmp_path / "cut" / "checkpoints" / first)
+    kill_at_checkpoint(_cli(*args, "--out", tmp_path / "cut"), tmp_path / "cut" / "checkpoints" / first, ENV)
     assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
     assert main([*map(str, args), "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert "resuming from" in capsys.readouterr().err

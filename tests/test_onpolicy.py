@@ -2,10 +2,8 @@
 one, a student pulled toward its teacher, and exact resume."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from torch import nn
 
 import r1lab
 from r1lab.cli import main
-from conftest import tiny_config
+from conftest import kill_at_checkpoint, tiny_config
 from r1lab.config import ConfigError
 from r1lab.model import Transformer, save_checkpoint
 from r1lab.tokenizer import train_tokenizer
@@ -163,14 +161,7 @@ def test_on_policy_distill_resumes_bitwise_after_sigkill(pair, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "r1lab.cli"]
     subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
-    proc = subprocess.Popen(cmd + args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (tmp_path / "cut" / "checkpoints" / "step_2" / "r1lab_manifest.json").exists():
-        assert time.time() < deadline and proc.poll() is None, "no checkpoint appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(cmd + args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
     assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
     subprocess.run(cmd + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300,
                    capture_output=True)

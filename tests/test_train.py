@@ -2,7 +2,6 @@
 exact resume after SIGKILL (pretrain and SFT), and (slow) SFT to >= 95% on held-out additions."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import kill_at_checkpoint, tiny_config
 from r1lab.config import TrainConfig
 from r1lab.model import Transformer
 from r1lab.train.data import (IGNORE, ChatStream, DataConfig, FileRows, PackedStream, TaskMixture,
@@ -272,15 +271,7 @@ def _losses(out: Path) -> dict[int, float]:
 
 
 def _kill_after_first_checkpoint(cmd: list[str], out: Path) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.time() + 120
-    while not (out / "checkpoints" / "step_10" / "r1lab_manifest.json").exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(cmd, out / "checkpoints" / "step_10", ENV, timeout=120)
     assert not (out / "final").exists(), "the run finished before it could be killed: make it longer"
 
 
