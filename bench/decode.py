@@ -2,11 +2,15 @@
 
 For each preset (random weights), the model is saved to disk once and loaded from there by both:
 r1lab.load(dir) -> Engine.generate, and AutoModelForCausalLM.from_pretrained(dir).generate. Greedy, CPU,
-fp32, the same torch thread count, exactly --new-tokens new tokens per prompt (EOS ignored / suppressed),
-batch 1 and batch 32 (prompts of mixed lengths; transformers gets them left-padded). Time = the best of
---repeats runs (the two alternate), prefill included; the CPU time of that run is reported too, being
-steadier than wall time on a busy machine. Also reports the KV-cache bytes per token of the engine's
-actual cache tensors for MLA and for the same model with attention=mha.
+the same torch thread count, exactly --new-tokens new tokens per prompt (EOS ignored / suppressed), batch
+1 and batch 32 (prompts of mixed lengths; transformers gets them left-padded). Precision: r1lab as
+`r1lab serve` picks it (--dtype auto: bf16 weights where the CPU has bf16 units and the model is wide
+enough to gain, else fp32); transformers twice, in the checkpoint's dtype (fp32, its default for these
+folders: ratio_b*) and in bf16 (ratio_vs_hf_bf16_b*), so both "each side's default" and "each side at
+the other precision" are on the record. Time = the best of --repeats runs (the runs alternate), prefill
+included; the CPU time of that run is reported too, being steadier than wall time on a busy machine.
+Also reports the KV-cache bytes per token of the engine's actual cache tensors for MLA and for the same
+model with attention=mha.
 
 The "qwen2-30m" preset is an open-model baseline: a Qwen2ForCausalLM of about 30M parameters with
 grouped-query attention (8 query heads, 2 KV heads), built by transformers with random weights and run
@@ -54,13 +58,15 @@ class Timer:
             self.wall, self.cpu, self.out = w, c, out
 
 
-def ours(folder: Path, prompts: list[list[int]], new_tokens: int):
-    """A function generating for `prompts` with r1lab's engine (warmed up), returning token id lists."""
+def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str):
+    """A function generating for `prompts` with r1lab's engine (warmed up), returning token id lists. dtype as
+    `r1lab serve --dtype` (auto: bf16 where the CPU has bf16 units and the model is wide enough to gain)."""
     import r1lab
     from r1lab.engine import Engine, SamplingParams
+    from r1lab.engine.precision import serving_dtype
 
     model, tokenizer = r1lab.load(folder)
-    model.eval()
+    model.to(serving_dtype(dtype, model.config.hidden_size)).eval()
     engine = Engine(model, tokenizer, max_running=max(len(prompts), 1))
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     engine.generate(prompts[:1], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))  # warm-up
@@ -69,14 +75,15 @@ def ours(folder: Path, prompts: list[list[int]], new_tokens: int):
         return [c.token_ids for c in engine.generate(prompts, params)]
 
     go.kv_bytes_per_token = engine.cache.bytes_per_token
+    go.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return go
 
 
-def theirs(folder: Path, prompts: list[list[int]], new_tokens: int, pad_id: int):
+def theirs(folder: Path, prompts: list[list[int]], new_tokens: int, pad_id: int, dtype: torch.dtype):
     """The same with transformers' generate (prompts left-padded, EOS suppressed by min_new_tokens)."""
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     T = max(map(len, prompts))
     ids = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
@@ -101,7 +108,7 @@ def kv_bytes_per_token(name: str, vocab: int, attention: str) -> int:
     model = Transformer(preset(name, vocab_size=vocab, attention=attention)).eval()
     engine = Engine(model, None, max_running=2)
     engine.generate([[7, 8, 9]], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
-    return sum(t[:, 0, 0].numel() * t.element_size() for t in engine.cache.tensors)
+    return engine.cache.bytes_per_token
 
 
 QWEN2_30M = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=9, num_attention_heads=8,
@@ -138,22 +145,31 @@ def bench_preset(name: str, args, workdir: Path) -> dict:
     row = {"preset": name}
     for batch in (1, args.batch):
         batch_prompts = prompts[:batch]
-        run_ours, run_hf = ours(folder, batch_prompts, args.new_tokens), theirs(folder, batch_prompts, args.new_tokens, 2)
-        t_ours, t_hf = Timer(), Timer()
-        for _ in range(args.repeats):  # alternate, so a burst of load elsewhere hits both alike
+        run_ours = ours(folder, batch_prompts, args.new_tokens, args.dtype)
+        # transformers in the checkpoint's dtype (fp32: what from_pretrained gives by default) and in bf16
+        run_hf, run_hf16 = (theirs(folder, batch_prompts, args.new_tokens, 2, dt) for dt in (torch.float32, torch.bfloat16))
+        t_ours, t_hf, t_hf16 = Timer(), Timer(), Timer()
+        for _ in range(args.repeats):  # alternate, so a burst of load elsewhere hits all alike
             t_ours.run(run_ours)
             t_hf.run(run_hf)
-        assert all(len(t) == args.new_tokens for t in t_ours.out + t_hf.out)
+            t_hf16.run(run_hf16)
+        assert all(len(t) == args.new_tokens for t in t_ours.out + t_hf.out + t_hf16.out)
         n = batch * args.new_tokens
+        row["ours_dtype"] = run_ours.dtype
         row[f"ours_tps_b{batch}"] = n / t_ours.wall
         row[f"hf_tps_b{batch}"] = n / t_hf.wall
+        row[f"hf_bf16_tps_b{batch}"] = n / t_hf16.wall
         row[f"ratio_b{batch}"] = t_hf.wall / t_ours.wall
+        row[f"ratio_vs_hf_bf16_b{batch}"] = t_hf16.wall / t_ours.wall
         row[f"cpu_time_ratio_b{batch}"] = t_hf.cpu / t_ours.cpu
-        # greedy sanity check: sequences identical token for token (near-ties can flip under padding)
-        row[f"same_tokens_b{batch}"] = sum(a == b for a, b in zip(t_ours.out, t_hf.out)) / batch
+        # greedy sanity check against transformers at r1lab's precision: sequences identical token for token
+        # (near-ties can flip under padding, and more often in bf16)
+        same_as = t_hf16 if run_ours.dtype == "bfloat16" else t_hf
+        row[f"same_tokens_b{batch}"] = sum(a == b for a, b in zip(t_ours.out, same_as.out)) / batch
         row["hf_experts_implementation"] = run_hf.experts_implementation
-        print(f"  {name} batch {batch}: r1lab {n / t_ours.wall:8.1f} tok/s   transformers {n / t_hf.wall:8.1f} tok/s   "
-              f"ratio {row[f'ratio_b{batch}']:5.2f}x (cpu time {row[f'cpu_time_ratio_b{batch}']:5.2f}x)   "
+        print(f"  {name} batch {batch}: r1lab ({run_ours.dtype}) {n / t_ours.wall:8.1f} tok/s   transformers fp32 "
+              f"{n / t_hf.wall:8.1f}, bf16 {n / t_hf16.wall:8.1f} tok/s   ratio {row[f'ratio_b{batch}']:5.2f}x "
+              f"(cpu time {row[f'cpu_time_ratio_b{batch}']:5.2f}x; vs bf16 {row[f'ratio_vs_hf_bf16_b{batch}']:5.2f}x)   "
               f"identical greedy sequences {row[f'same_tokens_b{batch}']:.0%}", file=sys.stderr, flush=True)
     if name == "qwen2-30m":
         row["kv_bytes_per_token_gqa"] = run_ours.kv_bytes_per_token
@@ -170,19 +186,22 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement; the best counts")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="r1lab's weights, as `r1lab serve --dtype` (default auto: bf16 where the CPU has bf16 units "
+                        "and the model is wide enough to gain; transformers runs in fp32 and in bf16 either way)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default 1: models this small gain little from more, and on a busy "
                         "machine every multi-threaded op waits for a free core)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"decode bench: greedy, {args.new_tokens} new tokens, fp32, CPU, torch threads {args.threads}, "
+    print(f"decode bench: greedy, {args.new_tokens} new tokens, r1lab --dtype {args.dtype}, CPU, torch threads {args.threads}, "
           f"best of {args.repeats}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench_preset(name, args, Path(tmp)) for name in args.presets]
 
     b = args.batch
-    header = (f"{'preset':<10} {'batch':>5} {'r1lab tok/s':>12} {'hf tok/s':>10} {'ratio':>7} {'cpu-time ratio':>15} "
-              f"{'kv B/tok mla':>13} {'mha':>7} {'mla/mha':>8}")
+    header = (f"{'preset':<10} {'batch':>5} {'r1lab':>8} {'tok/s':>8} {'hf fp32':>8} {'hf bf16':>8} {'ratio':>7} "
+              f"{'cpu-time ratio':>15} {'vs hf bf16':>11} {'kv B/tok mla':>13} {'mha':>7} {'mla/mha':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -190,12 +209,15 @@ def main() -> int:
             kv = (f"{r['kv_bytes_per_token_mla']:>13} {r['kv_bytes_per_token_mha']:>7} {r['mla_over_mha_kv']:>8.3f}"
                   if batch == 1 and "mla_over_mha_kv" in r else
                   f"{'gqa ' + str(r['kv_bytes_per_token_gqa']):>13}" if batch == 1 else "")
-            print(f"{r['preset']:<10} {batch:>5} {r[f'ours_tps_b{batch}']:>12.1f} {r[f'hf_tps_b{batch}']:>10.1f} "
-                  f"{r[f'ratio_b{batch}']:>6.2f}x {r[f'cpu_time_ratio_b{batch}']:>14.2f}x {kv}")
+            print(f"{r['preset']:<10} {batch:>5} {r['ours_dtype']:>8} {r[f'ours_tps_b{batch}']:>8.1f} "
+                  f"{r[f'hf_tps_b{batch}']:>8.1f} {r[f'hf_bf16_tps_b{batch}']:>8.1f} {r[f'ratio_b{batch}']:>6.2f}x "
+                  f"{r[f'cpu_time_ratio_b{batch}']:>14.2f}x {r[f'ratio_vs_hf_bf16_b{batch}']:>10.2f}x {kv}")
     summary = {
         "bench": "decode",
         "ratio_b1": min(r["ratio_b1"] for r in rows),
         f"ratio_b{b}": min(r[f"ratio_b{b}"] for r in rows),
+        "ratio_vs_hf_bf16_b1": min(r["ratio_vs_hf_bf16_b1"] for r in rows),
+        f"ratio_vs_hf_bf16_b{b}": min(r[f"ratio_vs_hf_bf16_b{b}"] for r in rows),
         "cpu_time_ratio_b1": min(r["cpu_time_ratio_b1"] for r in rows),
         f"cpu_time_ratio_b{b}": min(r[f"cpu_time_ratio_b{b}"] for r in rows),
         "mla_over_mha_kv": max((r["mla_over_mha_kv"] for r in rows if "mla_over_mha_kv" in r), default=None),

@@ -3,7 +3,9 @@
 MLA caches, per token and layer, only what DeepSeek-V3 needs for absorbed attention: the normalised kv
 latent and the shared, already-rotated RoPE key, side by side in one row of kv_lora_rank +
 qk_rope_head_dim values (one tensor also serves as keys and, through its first kv_lora_rank columns, as
-values). MHA caches full per-head keys and values.
+values). MHA caches full per-head keys and values, and grouped-query attention those of its KV heads,
+both head-major, (slots, heads, length, head_dim) per layer, so a batch's keys are a view that attention's
+batched matmuls read in place (a token-major layout made them copy every layer's keys at every step).
 
 Running sequences always occupy slots 0..n-1 (the scheduler moves the last one into a retired one's
 slot), so a batch's cache is a plain view, never a gather. Storage grows by doubling, in slots up to
@@ -23,12 +25,14 @@ class KVCache:
         self.cfg, self.max_slots, self.max_len = cfg, max_slots, max_len
         self.dtype, self.device = dtype, device
         self.mla = cfg.attention == "mla"
+        self.length_dim = 2 if self.mla else 3  # of a stored tensor: (layers, slots, length, row) or (.., heads, length, d)
         self.slots, self.length = 0, 0
         self.tensors: list[torch.Tensor] = []
         self.ensure(1, min(initial_len, max_len))
 
     def _row_shapes(self) -> list[tuple[int, ...]]:
-        """Shape of one token's entry in each stored tensor (all layers share a tensor)."""
+        """Shape of one token's entry in each stored tensor (all layers share a tensor); a two-dimensional
+        entry (heads, d) is stored head-major."""
         cfg = self.cfg
         if self.mla:
             return [(cfg.kv_lora_rank + cfg.qk_rope_head_dim,)]
@@ -46,16 +50,23 @@ class KVCache:
         # zeros, not empty: attention reads every slot up to the longest sequence and masks the positions past
         # a shorter one with an additive -inf, which does not neutralise NaN/inf left in uninitialised memory
         # (it made whole rows of logits NaN, hence token 0, in about half of the full test runs)
-        grown = [torch.zeros(layers, new_slots, new_len, *row, dtype=self.dtype, device=self.device)
+        grown = [torch.zeros(self._shape(layers, new_slots, new_len, row), dtype=self.dtype, device=self.device)
                  for row in self._row_shapes()]
         for old, new in zip(self.tensors, grown):
-            new[:, :self.slots, :self.length] = old
+            new[self._prefix(slice(0, self.slots), self.length)] = old
         self.tensors, self.slots, self.length = grown, new_slots, new_len
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` cached tokens of slot src into slot dst (compaction on retirement)."""
         for t in self.tensors:
-            t[:, dst, :length] = t[:, src, :length]
+            t[self._prefix(dst, length)] = t[self._prefix(src, length)]
+
+    def _shape(self, layers: int, slots: int, length: int, row: tuple[int, ...]) -> tuple[int, ...]:
+        return (layers, slots, length, *row) if self.length_dim == 2 else (layers, slots, row[0], length, *row[1:])
+
+    def _prefix(self, slots, length: int) -> tuple:
+        """Index of the first `length` tokens of `slots` (an int or a slice) in every layer."""
+        return (slice(None), slots) + (slice(None),) * (self.length_dim - 2) + (slice(0, length),)
 
     @property
     def bytes_per_token(self) -> int:

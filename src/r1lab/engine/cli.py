@@ -7,6 +7,7 @@ import sys
 from ..model.families import generation_defaults
 from ..tokenizer import response_prefix_of
 from .engine import Engine
+from .precision import add_dtype_argument, load_for_serving
 from .sampling import SamplingParams
 
 
@@ -25,12 +26,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true")
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: where the model loads)")
+    add_dtype_argument(parser)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import r1lab
-
-    model, tokenizer = r1lab.load(args.checkpoint)
+    model, tokenizer = load_for_serving(args.checkpoint, args.dtype, args.device)
     if tokenizer is None:
         raise ValueError(f"{args.checkpoint} has no tokenizer.json; generate needs one")
     model.eval()

@@ -63,7 +63,10 @@ class Engine:
         self.max_waiting, self.max_prefill_tokens = max_waiting, max_prefill_tokens
         self.eos_token_id, self.eos_token_ids = eos_ids(model, tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-        self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len, self.dtype, self.device)
+        # on CPU the KV cache and attention stay float32 under bf16 weights: CPU bf16 batched matmuls copy the cache's
+        # strided views at every step (bf16 SDPA is slower still); elsewhere the cache takes the weights' dtype
+        cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len, cache_dtype, self.device)
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()  # held for a whole step; guards everything below

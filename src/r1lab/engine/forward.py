@@ -129,6 +129,29 @@ def derive_layer(block: nn.Module, cfg: ModelConfig) -> Layer:
     return layer
 
 
+def attend_heads(q, k, v, k_cache, v_cache, slot0: int, where, bias, scale: float, kv_len: int) -> torch.Tensor:
+    """Attention of the new tokens' queries q (B, nh, T, d) over a head-major layer cache (slots, kvh, length,
+    d), after storing their keys and values k, v (B, kvh, T, d) at the flat rows `where` (slot * capacity +
+    position). Query heads j*g..(j+1)*g-1 share KV head j (g = nh / kvh: 1 for MHA), and attend together in one
+    batched matmul per layer, reading the cache in place. bias (B, 1, T, L) is the causal mask. Returns the
+    heads' outputs side by side, (B, T, nh * dv), for the output projection."""
+    B, nh, T, d = q.shape
+    out_dtype = q.dtype  # attention runs in the cache's dtype (float32 on CPU, see Engine)
+    q, k, v = q.to(k_cache.dtype), k.to(k_cache.dtype), v.to(k_cache.dtype)
+    kvh, capacity = k_cache.shape[1], k_cache.shape[2]
+    slot, position = where // capacity, where % capacity
+    k_cache.transpose(1, 2)[slot, position] = k.transpose(1, 2).reshape(B * T, kvh, d)
+    v_cache.transpose(1, 2)[slot, position] = v.transpose(1, 2).reshape(B * T, kvh, -1)
+    rows = slice(slot0 * kvh, (slot0 + B) * kvh)  # the batch's (slot, KV head) pairs, read in place
+    keys, values = k_cache.flatten(0, 1)[rows, :kv_len], v_cache.flatten(0, 1)[rows, :kv_len]  # (B * kvh, L, d)
+    group = nh // kvh
+    scores = torch.bmm(q.reshape(B * kvh, group * T, d), keys.transpose(1, 2)).mul_(scale)  # (B * kvh, g*T, L)
+    scores.view(B, kvh, group, T, kv_len).add_(bias[:, :, None])
+    probs = scores.float().softmax(-1).to(q.dtype)
+    out = torch.bmm(probs, values).view(B, nh, T, -1)  # (B, nh, T, dv)
+    return out.transpose(1, 2).reshape(B, T, -1).to(out_dtype)
+
+
 def swiglu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     gate, up = F.linear(x, gate_up).split_with_sizes([gate_up.shape[0] // 2] * 2, -1)
     return F.linear(F.silu(gate).mul_(up), down)
@@ -145,7 +168,33 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
         return False
 
 
-class Runner:
+class LiveWeights:
+    """What both runners (this module's and gqa.py's) share: decode layouts derived from the model's live
+    parameters by `refresh()`, redone by `maybe_refresh()` when a parameter changed in place."""
+
+    model: nn.Module
+    _versions: list[tuple[int, int]]
+
+    def _sources(self) -> list[torch.Tensor]:
+        """The parameters the layers' references and derived weights come from."""
+        return list(self.model.parameters())
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def _remember_versions(self) -> None:
+        self._versions = [(p.data_ptr(), p._version) for p in self._sources()]
+
+    def maybe_refresh(self) -> bool:
+        """Refresh if a parameter was modified in place (optimizer step, load_state_dict) or replaced since
+        the last refresh. Changes made through `.data` are invisible here: call refresh()."""
+        if [(p.data_ptr(), p._version) for p in self._sources()] != self._versions:
+            self.refresh()
+            return True
+        return False
+
+
+class Runner(LiveWeights):
     """Runs the model over (B, T) new tokens per step, writing their keys/values into the cache."""
 
     def __init__(self, model: Transformer, max_len: int):
@@ -169,10 +218,6 @@ class Runner:
 
     # ---------------------------------------------------------------- derived weights
 
-    def _sources(self) -> list[torch.Tensor]:
-        """The parameters the layers' references and derived weights come from."""
-        return list(self.model.parameters())
-
     @torch.inference_mode()
     def refresh(self) -> None:
         """Re-derive the decode layouts from the model's current parameters."""
@@ -181,15 +226,7 @@ class Runner:
             self.layers = [derive_layer(block, self.cfg) for block in model.model.layers]
             self.embed, self.lm_head = model.model.embed_tokens.weight, model.lm_head.weight
             self.final_norm = Norm.of(model.model.norm)
-        self._versions = [(p.data_ptr(), p._version) for p in self._sources()]
-
-    def maybe_refresh(self) -> bool:
-        """Refresh if a parameter was modified in place (optimizer step, load_state_dict) or replaced since
-        the last refresh. Changes made through `.data` are invisible here: call refresh()."""
-        if [(p.data_ptr(), p._version) for p in self._sources()] != self._versions:
-            self.refresh()
-            return True
-        return False
+        self._remember_versions()
 
     # ---------------------------------------------------------------- the pass
 
@@ -205,7 +242,7 @@ class Runner:
         positions = start[:, None] + torch.arange(T, device=device) if T > 1 else start[:, None]  # (B, T)
         # causal mask as an additive bias, built once for all layers. Padded rows of a prefill batch attend
         # to junk; their outputs are never read.
-        bias = torch.zeros(B, T, kv_len, dtype=self.lm_head.dtype, device=device)
+        bias = torch.zeros(B, T, kv_len, dtype=cache.dtype, device=device)
         bias.masked_fill_(torch.arange(kv_len, device=device) > positions[..., None], float("-inf"))
         # where each new token's cache row goes, in a layer's cache viewed as (slots * capacity, row)
         where = ((torch.arange(slot0, slot0 + B, device=device) * cache.length)[:, None] + positions).view(-1)
@@ -252,10 +289,11 @@ class Runner:
             q_nope, latent, pes = proj.split_with_sizes([nh * nope, R, (nh + 1) * P], -1)
             self._rope(pes.view(B, T, nh + 1, P), rot)
             q_pe, k_pe = pes.split_with_sizes([nh * P, P], -1)
-        kv_cache.view(-1, R + P).index_copy_(0, where, torch.cat([layer.kv_norm(latent), k_pe], -1).view(B * T, R + P))
+        entry = torch.cat([layer.kv_norm(latent), k_pe], -1).view(B * T, R + P).to(kv_cache.dtype)
+        kv_cache.view(-1, R + P).index_copy_(0, where, entry)
         # query into latent space, per head: (nh, B*T, nope) @ (nh, nope, R)
         q_latent = torch.bmm(q_nope.reshape(B * T, nh, nope).transpose(0, 1), layer.w_uk)
-        q = torch.cat([q_latent.transpose(0, 1), q_pe.reshape(B * T, nh, P)], dim=-1)  # (B*T, nh, R + P)
+        q = torch.cat([q_latent.transpose(0, 1), q_pe.reshape(B * T, nh, P)], dim=-1).to(kv_cache.dtype)  # (B*T, nh, R+P)
         # multi-query attention over latents: the T * nh query rows of a sequence share one key row per token
         kv = kv_cache[slot0:slot0 + B, :kv_len]  # (B, L, R + P)
         if T == 1:
@@ -263,20 +301,14 @@ class Runner:
         else:
             scores = torch.bmm(q.view(B, T * nh, R + P), kv.transpose(1, 2)).view(B, T, nh, kv_len).add_(bias)
         probs = scores.float().softmax(-1).to(kv.dtype).view(B, T * nh, kv_len)
-        out = torch.bmm(probs, kv[..., :R])  # (B, T * nh, R): attention-weighted latents
+        out = torch.bmm(probs, kv[..., :R]).to(layer.w_uv.dtype)  # (B, T * nh, R): attention-weighted latents
         out = torch.bmm(out.view(B * T, nh, R).transpose(0, 1), layer.w_uv)  # (nh, B*T, dv): the values, per head
         return F.linear(out.transpose(0, 1).reshape(B, T, -1), layer.o_proj)
 
     def _mha(self, layer: Layer, h, cos, sin, k_cache, v_cache, where, bias, slot0, kv_len):
-        B, T, _ = h.shape
         q, k, v = layer.attn.qkv(h, cos, sin)  # (B, nh, T, d), the module's own projections and RoPE
-        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, where, k.transpose(1, 2).reshape(B * T, *k.shape[1::2]))
-        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, where, v.transpose(1, 2).reshape(B * T, *v.shape[1::2]))
-        keys = k_cache[slot0:slot0 + B, :kv_len].transpose(1, 2)  # (B, nh, L, d)
-        values = v_cache[slot0:slot0 + B, :kv_len].transpose(1, 2)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(layer.attn.softmax_scale).add_(bias)
-        out = torch.matmul(scores.float().softmax(-1).to(q.dtype), values)  # (B, nh, T, dv)
-        return F.linear(out.transpose(1, 2).reshape(B, T, -1), layer.o_proj)
+        return F.linear(attend_heads(q, k, v, k_cache, v_cache, slot0, where, bias, layer.attn.softmax_scale, kv_len),
+                        layer.o_proj)
 
     def _route(self, layer: Layer, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's router (r1lab.model.moe.route): (N, k) expert ids and weights before normalisation

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ..model.families import FamilyLM
 from .cache import KVCache
-from .forward import Layer, Norm, Runner, derive_layer, swiglu
+from ..model.lora import merged_view
+from .forward import Layer, LiveWeights, Norm, Runner, attend_heads, derive_layer, swiglu
 
 
 class GQACache(KVCache):
@@ -25,7 +26,7 @@ class GQACache(KVCache):
         return [(cfg.num_key_value_heads, cfg.head_dim), (cfg.num_key_value_heads, cfg.head_dim)]
 
 
-class GQARunner:
+class GQARunner(LiveWeights):
     """Runner's interface (forward, refresh, maybe_refresh) for FamilyLM models."""
 
     def __init__(self, model: FamilyLM, max_len: int):
@@ -41,16 +42,11 @@ class GQARunner:
     @torch.inference_mode()
     def refresh(self) -> None:
         model = self.model
-        self.layers = [derive_layer(block, self.cfg) for block in model.model.layers]
-        self.embed, self.lm_head = model.model.embed_tokens.weight, model.lm_head.weight
-        self.final_norm = Norm.of(model.model.norm)
-        self._versions = [(p.data_ptr(), p._version) for p in self.model.parameters()]
-
-    def maybe_refresh(self) -> bool:
-        if [(p.data_ptr(), p._version) for p in self.model.parameters()] != self._versions:
-            self.refresh()
-            return True
-        return False
+        with merged_view(model):  # LoRA: o_proj and the MLP decode with W + scaling * B @ A (q/k/v adapt live)
+            self.layers = [derive_layer(block, self.cfg) for block in model.model.layers]
+            self.embed, self.lm_head = model.model.embed_tokens.weight, model.lm_head.weight
+            self.final_norm = Norm.of(model.model.norm)
+        self._remember_versions()
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, start: torch.Tensor, slot0: int, last: torch.Tensor | None,
@@ -61,7 +57,7 @@ class GQARunner:
         B, T = ids.shape
         device = ids.device
         positions = start[:, None] + torch.arange(T, device=device) if T > 1 else start[:, None]
-        bias = torch.zeros(B, 1, T, kv_len, dtype=self.lm_head.dtype, device=device)
+        bias = torch.zeros(B, 1, T, kv_len, dtype=cache.dtype, device=device)
         bias.masked_fill_(torch.arange(kv_len, device=device) > positions[:, None, :, None], float("-inf"))
         where = ((torch.arange(slot0, slot0 + B, device=device) * cache.length)[:, None] + positions).view(-1)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, hd / 2)
@@ -76,21 +72,10 @@ class GQARunner:
         return F.linear(self.final_norm(x), self.lm_head)
 
     def _attend(self, layer: Layer, h, cos, sin, k_cache, v_cache, where, bias, slot0, kv_len):
-        B, T, _ = h.shape
         attn = layer.attn
         q, k, v = attn.qkv(h, cos, sin)  # the module's own projections, q/k norms and RoPE
-        kvh, hd = k.shape[1], k.shape[-1]
-        k_cache.view(-1, kvh, hd).index_copy_(0, where, k.transpose(1, 2).reshape(B * T, kvh, hd))
-        v_cache.view(-1, kvh, hd).index_copy_(0, where, v.transpose(1, 2).reshape(B * T, kvh, hd))
-        keys = k_cache[slot0:slot0 + B, :kv_len].transpose(1, 2)  # (B, kvh, L, hd)
-        values = v_cache[slot0:slot0 + B, :kv_len].transpose(1, 2)
-        group = q.shape[1] // kvh
-        q = q.reshape(B, kvh, group * T, hd)  # query heads j*group..(j+1)*group-1 share KV head j
-        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(attn.softmax_scale)  # (B, kvh, group*T, L)
-        scores = scores.view(B, kvh, group, T, kv_len).add_(bias[:, :, None])
-        probs = scores.float().softmax(-1).to(q.dtype).view(B, kvh, group * T, kv_len)
-        out = torch.matmul(probs, values).view(B, kvh * group, T, hd)  # (B, nh, T, hd)
-        return F.linear(out.transpose(1, 2).reshape(B, T, -1), attn.o_proj.weight, attn.o_proj.bias)
+        out = attend_heads(q, k, v, k_cache, v_cache, slot0, where, bias, attn.softmax_scale, kv_len)
+        return F.linear(out, layer.o_proj, attn.o_proj.bias)
 
 
 def runner_and_cache(model, max_running: int, max_model_len: int, dtype: torch.dtype, device) -> tuple:

@@ -14,6 +14,7 @@ import time
 
 from rich.console import Console
 
+from ..engine.precision import add_dtype_argument
 from ..tokenizer import thinking_prefilled
 from .reasoning import ReasoningSplitter
 
@@ -27,13 +28,14 @@ def add_chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=512, help="tokens per answer, thinking included")
     p.add_argument("--seed", type=int, default=None, help="fix the sampling seed (each turn uses seed + turn)")
     p.add_argument("--system", default=None, help="system prompt")
+    add_dtype_argument(p)
 
 
 def run_chat(args) -> int:
-    from .. import load
     from ..engine import Engine
+    from ..engine.precision import load_for_serving
 
-    model, tokenizer = load(args.checkpoint)
+    model, tokenizer = load_for_serving(args.checkpoint, args.dtype)
     engine = Engine(model, tokenizer, max_running=1)
     engine.start()  # decode on the engine's thread; this one prints, and stays free to catch Ctrl-C
     try:

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..engine.precision import add_dtype_argument
 from ..model.checkpoint import CheckpointError
 
 
@@ -30,20 +31,21 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-waiting", type=int, default=128, help="sequences queued beyond the batch before 429")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--model-name", default=None, help="model id in the API (default: the checkpoint folder's name)")
+    add_dtype_argument(p)
 
 
 def run_serve(args) -> int:
     import uvicorn
 
-    from .. import load
     from ..engine import Engine
+    from ..engine.precision import load_for_serving
     from .app import create_app
 
     _log_to_stderr()
     if not (Path(args.checkpoint) / "tokenizer.json").is_file():
         raise CheckpointError(f"{args.checkpoint} has no tokenizer.json; the server needs the tokenizer next to the "
                               "weights (copy it in, e.g. from the run's tokenizer folder)")
-    model, tokenizer = load(args.checkpoint)
+    model, tokenizer = load_for_serving(args.checkpoint, args.dtype)
     name = args.model_name or Path(args.checkpoint).resolve().name
     engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len)
     app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting,
