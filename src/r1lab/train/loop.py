@@ -129,7 +129,9 @@ def train(trainer: Trainer, stream: Stateful, step_fn: StepFn, *, desc: str, ext
     else:
         seed_everything(cfg.seed + 1 + dist.rank)  # per-rank streams for anything random while training
     logger = MetricsLogger(run.out_dir, dist.is_main, step if run.resume_from is not None else None)
-    peak = device_peak(dist.device) if dist.is_main else None
+    # a quick re-measure each run (3 matmuls, well under a second): the cache keeps the best figure seen, so
+    # one taken while the machine was busy does not stay the denominator
+    peak = device_peak(dist.device, refresh=True, repeats=2) if dist.is_main else None
     trainer.peak = peak.flops * dist.world_size if peak is not None else 1.0
     progress = Progress(cfg.max_steps, step, desc, dist.is_main, cfg.log_every)
     if peak is not None:

@@ -176,7 +176,7 @@ def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8) -
             tmp.replace(path)
         except OSError:
             pass  # a read-only home: the figure is still right for this run
-    return Peak(best, f"(fp32 {PEAK_SIZE}\u00b2 matmul, {torch.get_num_threads()} threads, cached)")
+    return Peak(best, f"(fp32 {PEAK_SIZE}\u00b2 matmul, {torch.get_num_threads()} threads, best seen on this machine)")
 
 
 def peak_flops(device: torch.device) -> float:
