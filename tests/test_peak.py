@@ -34,3 +34,13 @@ def test_peak_override_and_progress_line_names_it(monkeypatch, capsys):
     progress.peak = peak.label()
     progress.update(1, {"loss": 1.0, "tokens_per_s": 100.0, "mfu": 0.25, "lr": 1e-3})
     assert "MFU 25.0% of 500 GFLOP/s (R1LAB_PEAK_FLOPS)" in capsys.readouterr().err
+
+
+def test_bf16_peak_is_cached_apart_from_fp32(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("R1LAB_PEAK_FLOPS", raising=False)
+    fp32 = device_peak(torch.device("cpu"), repeats=1)
+    bf16 = device_peak(torch.device("cpu"), repeats=1, dtype=torch.bfloat16)
+    assert "fp32" in fp32.label() and "bf16" in bf16.label()
+    cache = json.loads((tmp_path / "r1lab" / "peak.json").read_text())
+    assert len(cache) == 2 and sum(k.endswith("|bf16") for k in cache) == 1

@@ -50,3 +50,24 @@ def test_bf16_engine_decodes_as_the_bf16_model_with_a_float32_cache(tmp_path):
             assert (chosen - torch.tensor(out.logprobs)).abs().max().item() < 0.1, name
             # greedy: each chosen token is the forward pass's argmax or within bf16 noise of it
             assert (full.max(-1).values - chosen).max().item() < 0.1, name
+
+
+def test_training_autocast_auto_picks_bf16_only_where_it_pays(monkeypatch):
+    from contextlib import nullcontext
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from r1lab.config import TrainConfig
+    from r1lab.train import step
+    from r1lab.train.dist import Dist, RunState
+
+    run = RunState(Path("."), Dist(), TrainConfig())
+    wide, narrow = (SimpleNamespace(config=SimpleNamespace(hidden_size=h)) for h in (precision.MIN_BF16_HIDDEN, 128))
+    monkeypatch.setattr(step, "has_fast_bf16", lambda device: True)
+    ctx = step.autocast(run, wide)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert isinstance(step.autocast(run, narrow), nullcontext)  # small matrices: fp32 was faster (step.autocast)
+    monkeypatch.setattr(step, "has_fast_bf16", lambda device: False)
+    assert isinstance(step.autocast(run, wide), nullcontext)  # no bf16 units
+    forced = RunState(Path("."), Dist(), TrainConfig(dtype="bf16"))
+    assert isinstance(step.autocast(forced, narrow), torch.autocast)

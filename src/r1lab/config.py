@@ -43,7 +43,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
-    dtype: str = "auto"  # auto = fp32 on CPU, bf16 autocast on GPU; or fp32 | bf16
+    dtype: str = "auto"  # auto = bf16 autocast on GPU and on CPUs with bf16 units for hidden >= 512, else fp32; or fp32 | bf16
     compile: bool = False
     device: str = "auto"
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP

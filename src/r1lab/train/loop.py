@@ -36,7 +36,7 @@ from .checkpoint import Checkpointer, Stateful, full_state, is_fsdp, resume_poin
 from .data import Batch
 from .dist import RunState, all_reduce_sum, broadcast_object, init_distributed, seed_everything
 from .metrics import MetricsLogger, Progress, device_peak
-from .step import lm_loss, local_micro_batches, lr_at, make_optimizer, train_step, wrap_model
+from .step import lm_loss, local_micro_batches, lr_at, make_optimizer, train_dtype, train_step, wrap_model
 
 # ---------------------------------------------------------------- the run, its model and tokenizer
 
@@ -131,7 +131,8 @@ def train(trainer: Trainer, stream: Stateful, step_fn: StepFn, *, desc: str, ext
     logger = MetricsLogger(run.out_dir, dist.is_main, step if run.resume_from is not None else None)
     # a quick re-measure each run (3 matmuls, well under a second): the cache keeps the best figure seen, so
     # one taken while the machine was busy does not stay the denominator
-    peak = device_peak(dist.device, refresh=True, repeats=2) if dist.is_main else None
+    peak_dtype = torch.bfloat16 if train_dtype(run, model) == "bf16" else torch.float32  # MFU of what it runs
+    peak = device_peak(dist.device, refresh=True, repeats=2, dtype=peak_dtype) if dist.is_main else None
     trainer.peak = peak.flops * dist.world_size if peak is not None else 1.0
     progress = Progress(cfg.max_steps, step, desc, dist.is_main, cfg.log_every)
     if peak is not None:

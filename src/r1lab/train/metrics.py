@@ -130,12 +130,12 @@ def _machine_key(device: torch.device) -> str:
     return f"{platform.node()}|{device.type}|{name}|{torch.get_num_threads()} threads"
 
 
-def measure_peak(device: torch.device, repeats: int = 8) -> float:
-    """Best FLOP/s of a PEAK_SIZE^2 fp32 matmul over `repeats` tries (after one warm-up); its inputs come
+def measure_peak(device: torch.device, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of a PEAK_SIZE^2 matmul in `dtype` over `repeats` tries (after one warm-up); its inputs come
     from a private generator, so measuring never moves the global RNG (resume stays exact)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, generator=gen)
-    b = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, generator=gen)
+    a = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, generator=gen).to(dtype)
+    b = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, generator=gen).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):
         if device.type == "cuda":
@@ -148,10 +148,11 @@ def measure_peak(device: torch.device, repeats: int = 8) -> float:
     return 2 * PEAK_SIZE**3 / best
 
 
-def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8) -> Peak:
+def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8, dtype: torch.dtype = torch.float32) -> Peak:
     """The peak FLOP/s of this device, one way everywhere: R1LAB_PEAK_FLOPS if set; a known GPU's table
-    figure; else the PEAK_SIZE^2 fp32 matmul, measured once per machine and thread count and cached in
-    ~/.cache/r1lab/peak.json (the best seen so far). refresh: measure again and keep the better figure."""
+    figure; else the PEAK_SIZE^2 matmul in `dtype` (fp32, or bf16 for bf16 training), measured once per machine,
+    thread count and dtype and cached in ~/.cache/r1lab/peak.json (the best seen so far). refresh: measure again
+    and keep the better figure."""
     if os.environ.get("R1LAB_PEAK_FLOPS"):
         return Peak(float(os.environ["R1LAB_PEAK_FLOPS"]), "(R1LAB_PEAK_FLOPS)")
     device = torch.device(device)
@@ -160,14 +161,15 @@ def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8) -
         for gpu, flops in GPU_PEAKS.items():
             if gpu in name:
                 return Peak(flops, f"({gpu} bf16 dense, table)")
-    key, path = _machine_key(device), peak_cache()
+    kind = "fp32" if dtype == torch.float32 else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16")
+    key, path = _machine_key(device) + ("" if kind == "fp32" else f"|{kind}"), peak_cache()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
     best = float(cache.get(key, 0.0))
     if refresh or best <= 0:
-        best = max(best, measure_peak(device, repeats))
+        best = max(best, measure_peak(device, repeats, dtype))
         cache[key] = best
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +178,7 @@ def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8) -
             tmp.replace(path)
         except OSError:
             pass  # a read-only home: the figure is still right for this run
-    return Peak(best, f"(fp32 {PEAK_SIZE}\u00b2 matmul, {torch.get_num_threads()} threads, best seen on this machine)")
+    return Peak(best, f"({kind} {PEAK_SIZE}\u00b2 matmul, {torch.get_num_threads()} threads, best seen on this machine)")
 
 
 def peak_flops(device: torch.device) -> float:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, TrainConfig
+from ..engine.precision import MIN_BF16_HIDDEN, has_fast_bf16
 from ..model import Transformer, update_router_bias
 from .data import Batch
 from .dist import RunState, all_reduce_sum
@@ -98,14 +99,24 @@ def wrap_model(model: Transformer, run: RunState) -> nn.Module:
     return wrapped
 
 
-def autocast(run: RunState):
-    """fp32 on CPU, bf16 autocast on GPU (train.dtype=auto); train.dtype=fp32|bf16 forces one."""
+def train_dtype(run: RunState, model: nn.Module) -> str:
+    """fp32 or bf16 (autocast, fp32 master weights). train.dtype=auto: bf16 on GPU, and on a CPU with bf16 units
+    for models at least MIN_BF16_HIDDEN wide; else fp32. train.dtype=fp32|bf16 forces one. Measured (train_step
+    tokens/s, 2 threads, AVX512-BF16): bf16 vs fp32 was 0.85x for cpu-tiny, 0.83x for cpu-20m (MoE; its experts
+    are small matrices), 1.74x for cpu-20m dense and 1.44x for gpu-small (hidden 768, MoE)."""
     dtype = run.train.dtype
     if dtype == "auto":
-        dtype = "bf16" if run.dist.device.type == "cuda" else "fp32"
+        device = run.dist.device
+        wide = getattr(model.config, "hidden_size", 0) >= MIN_BF16_HIDDEN
+        dtype = "bf16" if device.type == "cuda" or (wide and has_fast_bf16(device)) else "fp32"
     if dtype not in ("fp32", "bf16"):
         raise ConfigError(f"train.dtype must be auto, fp32 or bf16, got {dtype!r}")
-    if dtype == "fp32":
+    return dtype
+
+
+def autocast(run: RunState, model: nn.Module):
+    """The forward's autocast context for train_dtype."""
+    if train_dtype(run, model) == "fp32":
         return nullcontext()
     return torch.autocast(run.dist.device.type, dtype=torch.bfloat16)
 
@@ -157,7 +168,7 @@ def train_step(wrapped: nn.Module, model: Transformer, optimizer: torch.optim.Op
         # DDP averages gradients over ranks; scaling by world_size turns that average into our weighted sum
         sync = nullcontext() if not is_ddp or i == len(micro_batches) - 1 else wrapped.no_sync()
         with sync:
-            with autocast(run):
+            with autocast(run, model):
                 loss, parts = wrapped(loss_fn, mb.to(dist.device))
             # a micro-batch without targets has a NaN mean; with weight 0 its gradient is exactly zero
             (loss * (w * dist.world_size)).backward()
