@@ -97,6 +97,11 @@ class VLLMRollout:
         """Push the weights vLLM just loaded and check that its CPU MoE kernels hold the same tensors as after
         the load: with vLLM's reload alone, or with the repacking vLLM 0.32 skips (then done after every
         refresh). Anything else is a vLLM whose reload this class does not know: an error, not a drift."""
+        padded = [x for r in self.llm.collective_rpc(_padded_experts) for x in r]
+        if padded:
+            raise ConfigError(f"vLLM's CPU MoE kernel pads moe_intermediate_size {padded[0][0]} to {padded[0][1]}, "
+                              "and its in-place weight reload cannot fill padded experts: grpo.rollout=vllm on CPU "
+                              "needs a moe_intermediate_size that is a multiple of 32")
         before = [t for r in self.llm.collective_rpc(_expert_weights) for t in r]
         if not before:
             return
@@ -153,6 +158,13 @@ def _cpu_experts(worker):
         if isinstance(experts, CPUUnquantizedExperts) and not experts._use_zentorch:
             found.append((module, experts))
     return found
+
+
+def _padded_experts(worker) -> list[tuple[int, int]]:
+    """(intermediate size, padded size) of the CPU MoE layers whose kernel pads the experts (runs in the worker)."""
+    sizes = [(e.moe_config.intermediate_size_per_partition, e._padded_intermediate_size(e.moe_config))
+             for _, e in _cpu_experts(worker)]
+    return [s for s in sizes if s[0] != s[1]]
 
 
 def _expert_weights(worker) -> list[torch.Tensor]:
