@@ -2,7 +2,7 @@
 
 vLLM runs inside the trainer's process (VLLM_ENABLE_V1_MULTIPROCESSING=0): `refresh()` pushes the
 trainer's current weights into it after every optimizer step (vLLM's in-place `reload_weights`: the
-path it loads a checkpoint with, then its kernel repacking), so no weights are written to disk and no
+path it loads a checkpoint with, then its kernel repacking, completed below), so no weights are written to disk and no
 second process holds a copy. Each completion carries vLLM's log-prob of every sampled token under the distribution it sampled
 from (temperature applied: `processed_logprobs`), which GRPO compares with the trainer's own.
 
@@ -87,7 +87,8 @@ class VLLMRollout:
         weights = [(name, t if "e_score_correction_bias" in name else t.to(self.dtype))
                    for name, t in state_dict_for_disk(self.model).items()]
         # vLLM repacks weights for its kernels after loading (MLA absorption, CPU GEMM layouts), so a plain
-        # load_weights into the live model fails; reload_weights redoes the loading and the repacking
+        # load_weights into the live model fails; reload_weights redoes the loading and the repacking, all
+        # but the CPU MoE experts' (vLLM 0.32), which _repack_cpu_experts does
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if self._repack:
             self.llm.collective_rpc(_repack_cpu_experts)
