@@ -4,16 +4,13 @@ prompt) and a tiny R1-Distill-style Qwen2 (the template pre-fills "<think>\\n") 
 with the official openai client."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 import torch
 
+from conftest import kill_at_checkpoint, serve_in_background
 from hf_tiny import make_model
 
 openai = pytest.importorskip("openai")
@@ -51,15 +48,8 @@ def test_sft_resume_grpo_eval(tmp_path, style):
 
     # --resume after a SIGKILL is bitwise exact
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*sft, "--out", killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_20" / "r1lab_manifest.json").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
+    kill_at_checkpoint(_cli(*sft, "--out", killed), killed / "checkpoints" / "step_20", ENV)
+    assert not (killed / "final").exists(), "the run finished before it was killed"
     _run(*sft, "--out", killed, "--resume")
     assert (killed / "final" / "model.safetensors").read_bytes() == \
         (tmp_path / "sft" / "final" / "model.safetensors").read_bytes()
@@ -128,31 +118,12 @@ CASES = {  # style -> (what the model writes, expected reasoning_content, expect
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("style", [pytest.param("chatml", marks=pytest.mark.slow), "r1distill"])
 def test_serve_splits_reasoning_for_the_template(tmp_path, style):
     text, reasoning, content = CASES[style]
     _scripted(tmp_path / "m", style, text)
-    port = _free_port()
-    proc = subprocess.Popen(_cli("serve", tmp_path / "m", "--port", port, "--model-name", "tiny"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    proc, url = serve_in_background([tmp_path / "m", "--model-name", "tiny"], ENV)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline
-            time.sleep(0.1)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         r = client.chat.completions.create(model="tiny", messages=USER, temperature=0)
         assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == (reasoning, content)
@@ -162,9 +133,5 @@ def test_serve_splits_reasoning_for_the_template(tmp_path, style):
         assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == reasoning
         assert "".join(d.content or "" for d in deltas) == content
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.terminate()
+        proc.communicate(timeout=20)
