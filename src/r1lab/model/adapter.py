@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..tokenizer import Tokenizer
+from ..chat_tokenizer import ChatTokenizer, load_tokenizer
 from .checkpoint import CheckpointError, load as load_checkpoint, save_checkpoint, write_folder, verify_checkpoint
 from .lora import LoRASpec, add_adapters, adapters, has_adapters
 
@@ -156,11 +156,11 @@ def load_adapter(folder: str | Path, base: str | Path | None = None, verify: boo
                                       f"the model expects {tuple(param.shape)}")
             param.copy_(t)
     model.peft_config = dict(config, base_model_name_or_path=config.get("base_model_name_or_path") or str(base_dir))
-    if (folder / "tokenizer.json").exists():
-        try:
-            tokenizer = Tokenizer.load(folder)
-        except ValueError:  # not an r1lab tokenizer: keep the base's
-            pass
+    if (folder / "tokenizer.json").exists():  # as a checkpoint's: r1lab's own, else the folder's with its template
+        tokenizer = load_tokenizer(folder)
+        if isinstance(tokenizer, ChatTokenizer) and not (folder / "generation_config.json").exists():
+            # no generation_config.json in an adapter folder: stop on every EOS id of the base's (Qwen: two)
+            tokenizer.eos_token_ids |= frozenset(getattr(model.config, "eos_token_ids", None) or [])
     return model.eval(), tokenizer
 
 
