@@ -55,11 +55,22 @@ def test_sft_resume_grpo_eval(tmp_path, style):
         (tmp_path / "sft" / "final" / "model.safetensors").read_bytes()
 
     # GRPO samples with the engine on the live weights; the reward it optimises moves
-    _run("grpo", "--init", tmp_path / "sft" / "final", "--out", tmp_path / "grpo", "grpo.tasks=addition",
-         "max_steps=12", "lr=3e-3", "grpo.rewards={tag_count: 1.0}", "grpo.group_size=4", "grpo.prompts_per_step=4",
-         "grpo.max_new_tokens=48", "grpo.max_sampling_rounds=2", "log_every=1", "seed=1")
+    grpo = ["grpo", "--init", tmp_path / "sft" / "final", "grpo.tasks=addition", "max_steps=12", "save_every=6",
+            "lr=3e-3", "grpo.rewards={tag_count: 1.0}", "grpo.group_size=4", "grpo.prompts_per_step=4",
+            "grpo.max_new_tokens=48", "grpo.max_sampling_rounds=2", "log_every=1", "seed=1"]
+    _run(*grpo, "--out", tmp_path / "grpo")
     rewards = [r["reward"] for r in _metrics(tmp_path / "grpo")]
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
+
+    # and its --resume after a SIGKILL is bitwise exact too (the engine's rollouts, the RNG, the optimizer)
+    cut = tmp_path / "grpo-cut"
+    kill_at_checkpoint(_cli(*grpo, "--out", cut), cut / "checkpoints" / "step_6", ENV)
+    assert not (cut / "final").exists(), "the run finished before it was killed"
+    _run(*grpo, "--out", cut, "--resume")
+    keys = ("step", "loss", "reward", "response_length")
+    assert [[r[k] for k in keys] for r in _metrics(cut)] == [[r[k] for k in keys] for r in _metrics(tmp_path / "grpo")]
+    assert (cut / "final" / "model.safetensors").read_bytes() == \
+        (tmp_path / "grpo" / "final" / "model.safetensors").read_bytes()
 
     # eval on a GSM8K-format file; the scored text is the whole response (the template's prefix included)
     data = tmp_path / "gsm8k.jsonl"
