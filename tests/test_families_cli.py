@@ -45,6 +45,16 @@ def test_sft_resume_grpo_eval(tmp_path, style):
     assert losses[-1] < 0.7 * losses[0]
     config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
+    # what `r1lab sft` wrote loads in transformers with r1lab's logits, on a padded batch
+    import r1lab
+    import transformers
+
+    ids, valid = torch.randint(5, 300, (2, 13)), torch.arange(13)[None] < torch.tensor([[13], [6]])
+    mask = torch.ones(13, 13, dtype=torch.bool).tril()[None, None] & valid[:, None, None, :]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "final", dtype=torch.float32).eval()
+    with torch.no_grad():
+        diff = (r1lab.load(tmp_path / "sft" / "final")[0](ids, attn_mask=mask) - hf(ids, attention_mask=valid.long()).logits)
+    assert diff[valid].abs().max().item() <= 1e-4
 
     # --resume after a SIGKILL is bitwise exact
     killed = tmp_path / "killed"
