@@ -251,3 +251,58 @@ def test_sft_examples_train_what_the_template_leaves_to_the_model(tmp_path, styl
     whole = tokenizer.decode(example.prompt + example.completion)
     assert whole.endswith("<think>\n2+3=5\n</think>\nThe answer is \\boxed{5}." + tokenizer.eos_token)
     assert completion.startswith("<think>") == (style == "qwen3")
+
+
+def test_generation_config_defaults_are_what_generate_eval_and_serve_sample_with(tmp_path, monkeypatch, capsys):
+    """hf_tiny's generation_config.json says temperature 0.7, top_p 0.8: `r1lab generate`, `r1lab eval` and
+    the server sample with them unless the command or request says otherwise; do_sample=false means greedy."""
+    from argparse import Namespace
+
+    import httpx
+
+    import r1lab
+    from r1lab.cli import main
+    from r1lab.engine import Engine
+    from r1lab.eval.cli import settings_for
+    from r1lab.model.families import generation_defaults
+    from r1lab.serve import create_app
+    from r1lab.serve.cli import ServerThread
+
+    make_model(tmp_path / "m", "qwen2", "chatml")
+    model, tokenizer = r1lab.load(tmp_path / "m")
+    assert generation_defaults(model) == {"temperature": 0.7, "top_p": 0.8}
+    model.config.generation = dict(model.config.generation, do_sample=False)
+    assert generation_defaults(model) == {"temperature": 0.0}
+    model.config.generation["do_sample"] = True
+
+    def knobs(params):
+        return params.temperature, params.top_p
+
+    # eval: the task's defaults, then the checkpoint's, then the command line
+    for told, want in (((None, None), (0.7, 0.8)), ((0.0, None), (0.0, 0.8)), ((None, 0.5), (0.7, 0.5))):
+        settings = settings_for("addition", Namespace(temperature=told[0], top_p=told[1], instruction=None),
+                                generation_defaults(model))
+        assert (settings["temperature"], settings["top_p"]) == want
+
+    # generate
+    seen = []
+    submit = Engine.submit
+    monkeypatch.setattr(Engine, "submit", lambda self, ids, params, **kw: seen.append(knobs(params))
+                        or submit(self, ids, params, **kw))  # every request of the engine, streamed or not
+    assert main(["generate", str(tmp_path / "m"), "What is", "--max-tokens", "2"]) == 0
+    assert main(["generate", str(tmp_path / "m"), "What is", "--max-tokens", "2", "--temperature", "0.3"]) == 0
+    assert seen == [(0.7, 0.8), (0.3, 0.8)]
+    capsys.readouterr()
+
+    # serve: a request without temperature / top_p gets the checkpoint's
+    engine = Engine(model, tokenizer, max_running=2, max_model_len=64)
+    seen.clear()
+    engine.start()
+    try:
+        with ServerThread(create_app(engine, tokenizer, "m")) as server:
+            for extra in ({}, {"top_p": 0.5}, {"temperature": 0}):
+                body = {"model": "m", "prompt": "What is", "max_tokens": 2, **extra}
+                assert httpx.post(server.url + "/v1/completions", json=body, timeout=60).status_code == 200
+    finally:
+        engine.stop()
+    assert seen == [(0.7, 0.8), (0.7, 0.5), (0.0, 0.8)]

@@ -4,16 +4,13 @@ prompt) and a tiny R1-Distill-style Qwen2 (the template pre-fills "<think>\\n") 
 with the official openai client."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 import torch
 
+from conftest import kill_at_checkpoint, serve_in_background
 from hf_tiny import make_model
 
 openai = pytest.importorskip("openai")
@@ -48,28 +45,42 @@ def test_sft_resume_grpo_eval(tmp_path, style):
     assert losses[-1] < 0.7 * losses[0]
     config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
+    # what `r1lab sft` wrote loads in transformers with r1lab's logits, on a padded batch
+    import r1lab
+    import transformers
+
+    ids, valid = torch.randint(5, 300, (2, 13)), torch.arange(13)[None] < torch.tensor([[13], [6]])
+    mask = torch.ones(13, 13, dtype=torch.bool).tril()[None, None] & valid[:, None, None, :]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "final", dtype=torch.float32).eval()
+    with torch.no_grad():
+        diff = (r1lab.load(tmp_path / "sft" / "final")[0](ids, attn_mask=mask) - hf(ids, attention_mask=valid.long()).logits)
+    assert diff[valid].abs().max().item() <= 1e-4
 
     # --resume after a SIGKILL is bitwise exact
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*sft, "--out", killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_20" / "r1lab_manifest.json").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
+    kill_at_checkpoint(_cli(*sft, "--out", killed), killed / "checkpoints" / "step_20", ENV)
+    assert not (killed / "final").exists(), "the run finished before it was killed"
     _run(*sft, "--out", killed, "--resume")
     assert (killed / "final" / "model.safetensors").read_bytes() == \
         (tmp_path / "sft" / "final" / "model.safetensors").read_bytes()
 
     # GRPO samples with the engine on the live weights; the reward it optimises moves
-    _run("grpo", "--init", tmp_path / "sft" / "final", "--out", tmp_path / "grpo", "grpo.tasks=addition",
-         "max_steps=12", "lr=3e-3", "grpo.rewards={tag_count: 1.0}", "grpo.group_size=4", "grpo.prompts_per_step=4",
-         "grpo.max_new_tokens=48", "grpo.max_sampling_rounds=2", "log_every=1", "seed=1")
+    grpo = ["grpo", "--init", tmp_path / "sft" / "final", "grpo.tasks=addition", "max_steps=12", "save_every=6",
+            "lr=3e-3", "grpo.rewards={tag_count: 1.0}", "grpo.group_size=4", "grpo.prompts_per_step=4",
+            "grpo.max_new_tokens=48", "grpo.max_sampling_rounds=2", "log_every=1", "seed=1"]
+    _run(*grpo, "--out", tmp_path / "grpo")
     rewards = [r["reward"] for r in _metrics(tmp_path / "grpo")]
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
+
+    # and its --resume after a SIGKILL is bitwise exact too (the engine's rollouts, the RNG, the optimizer)
+    cut = tmp_path / "grpo-cut"
+    kill_at_checkpoint(_cli(*grpo, "--out", cut), cut / "checkpoints" / "step_6", ENV)
+    assert not (cut / "final").exists(), "the run finished before it was killed"
+    _run(*grpo, "--out", cut, "--resume")
+    keys = ("step", "loss", "reward", "response_length")
+    assert [[r[k] for k in keys] for r in _metrics(cut)] == [[r[k] for k in keys] for r in _metrics(tmp_path / "grpo")]
+    assert (cut / "final" / "model.safetensors").read_bytes() == \
+        (tmp_path / "grpo" / "final" / "model.safetensors").read_bytes()
 
     # eval on a GSM8K-format file; the scored text is the whole response (the template's prefix included)
     data = tmp_path / "gsm8k.jsonl"
@@ -128,31 +139,12 @@ CASES = {  # style -> (what the model writes, expected reasoning_content, expect
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("style", [pytest.param("chatml", marks=pytest.mark.slow), "r1distill"])
 def test_serve_splits_reasoning_for_the_template(tmp_path, style):
     text, reasoning, content = CASES[style]
     _scripted(tmp_path / "m", style, text)
-    port = _free_port()
-    proc = subprocess.Popen(_cli("serve", tmp_path / "m", "--port", port, "--model-name", "tiny"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    proc, url = serve_in_background([tmp_path / "m", "--model-name", "tiny"], ENV)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline
-            time.sleep(0.1)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         r = client.chat.completions.create(model="tiny", messages=USER, temperature=0)
         assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == (reasoning, content)
@@ -162,9 +154,5 @@ def test_serve_splits_reasoning_for_the_template(tmp_path, style):
         assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == reasoning
         assert "".join(d.content or "" for d in deltas) == content
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.terminate()
+        proc.communicate(timeout=20)

@@ -199,6 +199,15 @@ def _run(tmp_path, **train):
     return RunState(tmp_path, Dist(), cfg)
 
 
+def test_a_seq_len_too_short_for_the_prompts_is_an_error_not_a_run_on_nothing(tokenizer):
+    source = TaskMixture(DataConfig(tasks="addition"), seed=0)
+    prompt = len(chat_example(source[0], tokenizer).prompt)
+    for packing in (True, False):
+        assert ChatStream(source, tokenizer, prompt + 2, 2, packing=packing).next_batch().n_targets > 0
+        with pytest.raises(ValueError, match=r"fits in seq_len=\d+: its shortest prompt .* is \d+ tokens; raise seq_len"):
+            ChatStream(source, tokenizer, 8, 2, packing=packing).next_batch()
+
+
 def test_gradient_accumulation_and_empty_micro_batches(tmp_path, tokenizer):
     source = TaskMixture(DataConfig(tasks="addition"), seed=0)
     batch = ChatStream(source, tokenizer, 48, 4).next_batch()

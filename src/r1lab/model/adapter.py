@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..tokenizer import Tokenizer
+from ..chat_tokenizer import ChatTokenizer, load_tokenizer
 from .checkpoint import CheckpointError, load as load_checkpoint, save_checkpoint, write_folder, verify_checkpoint
 from .lora import LoRASpec, add_adapters, adapters, has_adapters
 
@@ -120,16 +120,17 @@ def base_of(folder: str | Path, base: str | Path | None = None) -> Path:
     return Path(named)
 
 
-def load_adapter(folder: str | Path, base: str | Path | None = None, verify: bool = True):
-    """(model with adapters, tokenizer) from an adapter folder: the base model with the adapters on it.
-    The tokenizer is the folder's own when it has one, else the base's."""
+def load_adapter(folder: str | Path, base: str | Path | None = None, verify: bool = True, **kwargs):
+    """(model with adapters, tokenizer) from an adapter folder: the base model with the adapters on it (in the
+    base's dtype; `kwargs`, e.g. dtype=, go to the base's loader). The tokenizer is the folder's own when it
+    has one, else the base's."""
     folder = Path(folder)
     if verify:
         verify_checkpoint(folder)
     config = read_adapter_config(folder)
     spec = spec_from_config(config, folder / ADAPTER_CONFIG)
     base_dir = base_of(folder, base)
-    model, tokenizer = load_checkpoint(base_dir, verify=verify)
+    model, tokenizer = load_checkpoint(base_dir, verify=verify, **kwargs)
     if add_adapters(model, spec) == 0:
         raise CheckpointError(f"{folder / ADAPTER_CONFIG}: target_modules {list(spec.targets)} match no linear layer "
                               f"of {base_dir}")
@@ -156,15 +157,15 @@ def load_adapter(folder: str | Path, base: str | Path | None = None, verify: boo
                                       f"the model expects {tuple(param.shape)}")
             param.copy_(t)
     model.peft_config = dict(config, base_model_name_or_path=config.get("base_model_name_or_path") or str(base_dir))
-    if (folder / "tokenizer.json").exists():
-        try:
-            tokenizer = Tokenizer.load(folder)
-        except ValueError:  # not an r1lab tokenizer: keep the base's
-            pass
+    if (folder / "tokenizer.json").exists():  # as a checkpoint's: r1lab's own, else the folder's with its template
+        tokenizer = load_tokenizer(folder)
+        if isinstance(tokenizer, ChatTokenizer) and not (folder / "generation_config.json").exists():
+            # no generation_config.json in an adapter folder: stop on every EOS id of the base's (Qwen: two)
+            tokenizer.eos_token_ids |= frozenset(getattr(model.config, "eos_token_ids", None) or [])
     return model.eval(), tokenizer
 
 
 def load_any(folder: str | Path, **kwargs):
     """(model, tokenizer) from a full checkpoint or an adapter folder (the base with its adapters);
-    `kwargs` (e.g. dtype=) go to the checkpoint loader."""
-    return load_adapter(folder) if is_adapter_folder(folder) else load_checkpoint(folder, **kwargs)
+    `kwargs` (e.g. dtype=) go to the checkpoint loader (the base's, for an adapter folder)."""
+    return load_adapter(folder, **kwargs) if is_adapter_folder(folder) else load_checkpoint(folder, **kwargs)

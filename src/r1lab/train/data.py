@@ -344,7 +344,12 @@ class ChatStream:
             for _ in range(self.batch_size):
                 rows.append([self._example(self.index)])
                 self.index += 1
-        return collate(rows, self.seq_len, self.tokenizer.pad_token_id, masked=self.packing)
+        batch = collate(rows, self.seq_len, self.tokenizer.pad_token_id, masked=self.packing)
+        if batch.n_targets == 0:  # every prompt fills seq_len: the run would train on nothing (loss 0) without a word
+            shortest = min(len(ex.prompt) for row in rows for ex in row)
+            raise ValueError(f"no completion token of this SFT batch fits in seq_len={self.seq_len}: its shortest "
+                             f"prompt (chat template included) is {shortest} tokens; raise seq_len")
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self.index}
