@@ -135,8 +135,6 @@ def test_an_adapter_folder_loads_in_the_dtype_asked_for(run):
         assert (half(ids).float() - full(ids)).abs().max().item() <= 5e-2
 
 
-@pytest.mark.xfail(strict=True, reason="engine/gqa.py decodes o_proj and the MLP with the base weights (GQARunner.refresh "
-                                      "lacks merged_view); the fix is in the lead's area, see the i16c report")
 def test_engine_samples_with_the_adapter_applied(run):
     import r1lab
     from r1lab.engine import Engine, SamplingParams
