@@ -1,7 +1,9 @@
 """On-policy distillation: the per-token reverse-KL loss by hand, the endpoint teacher against the local
-one, a student pulled toward its teacher, and exact resume."""
+one, a student pulled toward its teacher, exact resume, and two ranks under torchrun (the accuracy gain of a
+far student: test_onpolicy_gain.py)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -171,3 +173,38 @@ def test_on_policy_distill_resumes_bitwise_after_sigkill(pair, tmp_path):
         assert (a["loss"], a["reverse_kl"], a["response_length"]) == (b["loss"], b["reverse_kl"], b["response_length"])
     assert (tmp_path / "full" / "final" / "model.safetensors").read_bytes() == \
         (tmp_path / "cut" / "final" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow  # four runs in subprocesses, two of them two-rank torchrun jobs
+def test_on_policy_under_torchrun_matches_one_process_and_resumes(pair, tmp_path):
+    """Two ranks (gloo, CPU) split each step's prompts; every prompt keeps its global index and so its sampling
+    seeds, and the loss is normalised over both ranks: the run follows the one-process run. Resume works too."""
+    student_dir, teacher_dir = pair
+    args = ["distill", "--method", "on-policy", "--teacher", str(teacher_dir), "--student", str(student_dir),
+            "max_steps=4", "save_every=2", *FAST]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "r1lab.cli"]
+    subprocess.run([sys.executable, "-m", "r1lab.cli", *args, "--out", str(tmp_path / "one")], check=True, env=env,
+                   timeout=300, capture_output=True)
+    done = subprocess.run(torchrun + args + ["--out", str(tmp_path / "two")], env=env, timeout=300, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "2 rank(s)" in done.stderr
+    one, two = read(tmp_path / "one" / "metrics.jsonl"), read(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: only rank 0 writes
+    for a, b in zip(one, two):
+        assert b["response_length"] == a["response_length"]  # the same samples
+        for key in ("loss", "reverse_kl", "teacher_logp", "student_logp"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), key
+    # resume the two-rank run from step 2: the same steps 3-4 and the same final weights as without the cut
+    shutil.copytree(tmp_path / "two", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_4")
+    shutil.rmtree(tmp_path / "cut" / "final")
+    done = subprocess.run(torchrun + args + ["--out", str(tmp_path / "cut"), "--resume"], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "(step 2)" in done.stderr, done.stderr[-4000:]
+    cut = read(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4]
+    assert [(r["loss"], r["reverse_kl"]) for r in cut] == [(r["loss"], r["reverse_kl"]) for r in two]
+    assert (tmp_path / "cut" / "final" / "model.safetensors").read_bytes() == \
+        (tmp_path / "two" / "final" / "model.safetensors").read_bytes()

@@ -33,9 +33,10 @@ def test_cpu_recipe_stages(tmp_path):
     assert traces == {"teacher": "r1-grpo1", "problems": 200, "k": 4, "seed": 1, "folder": "rejection", "add_cold_start": True}
     assert cfg["student-rl"][0].grpo.max_sampling_rounds == 4  # the GRPO default
     onpolicy = recipe.stage("student-onpolicy")
-    assert (onpolicy.kind, onpolicy.start, onpolicy.teacher, onpolicy.budget) == ("onpolicy", "student-base", "r1",
-                                                                                 "student-distilled")
+    # a fixed step count, no wall-time budget: the stage does the same steps on any machine at any load
+    assert (onpolicy.kind, onpolicy.start, onpolicy.teacher, onpolicy.budget) == ("onpolicy", "student-base", "r1", "")
     opd, _ = cfg["student-onpolicy"]
+    assert (opd.train.max_steps, opd.train.lr, opd.grpo.time_limit_s) == (60, 1e-4, 0.0)
     assert (opd.grpo.tasks, opd.grpo.max_new_tokens, opd.grpo.loss, opd.grpo.group_size) == ("addition,countdown", 128,
                                                                                            "dapo", 4)
 

@@ -12,7 +12,8 @@ A recipe (recipe.py; the built-in ones are recipes/*.yaml) lists the stages as d
      answers) -> SFT -> GRPO
   5. distillation: the R1 model teaches a smaller student (SFT on its verified traces), against the same
      student trained by GRPO alone from its own base, and R1 teaching it on-policy (student-onpolicy: the
-     student samples, R1 scores every token) in the SFT-distilled student's wall time
+     student samples, R1 scores every token) for a fixed number of steps that take about the SFT-distilled
+     student's wall time
   6. evaluation of every stage on held-out problems; report.md, summary.json, plots; final/ = R1
 Each stage is resumable: a stage whose `final/` exists is skipped and its record reused.
 """

@@ -20,6 +20,7 @@ scope; a different tokenizer is an error at start.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +235,9 @@ def on_policy_distill(cfg: OnPolicyConfig, out: str | Path, *, teacher: str, stu
         trainer = Trainer.build(run, model, tokenizer)
         prompts = PromptStream(cfg.grpo, cfg.train.seed, run.dist.rank, run.dist.world_size)
         step_fn = OnPolicyStep(trainer, cfg, prompts, make_teacher(str(teacher), tokenizer, cfg, run.dist.device))
+        if run.dist.is_main:
+            print(f"on-policy distillation: {teacher} teaches {student}, {run.dist.world_size} rank(s) on "
+                  f"{run.dist.device}", file=sys.stderr)
         try:
             train(trainer, prompts, step_fn, desc="on-policy", time_limit_s=cfg.grpo.time_limit_s)
         finally:
