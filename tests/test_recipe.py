@@ -19,7 +19,8 @@ def test_builtin_recipes_ship_with_the_package():
 def test_cpu_recipe_stages(tmp_path):
     recipe = load_recipe("cpu")
     assert [s.name for s in recipe.stages] == ["base", "r1-zero", "r1-cold-start", "r1-grpo1", "r1-rs-sft", "r1",
-                                               "student-base", "student-distilled", "student-rl", "student-onpolicy"]
+                                               "student-base", "student-distilled", "student-rl", "student-onpolicy",
+                                               "aha-base", "aha-zero", "aha-control-base", "aha-control"]
     assert recipe.final == "r1" and recipe.stage("r1").start == "r1-rs-sft"
     cfg = configs(recipe, tmp_path)
     base, _ = cfg["base"]
@@ -121,3 +122,27 @@ stages:
     assert (out / "final" / "model.safetensors").read_bytes() == (out / "rl" / "final" / "model.safetensors").read_bytes()
     assert "max_steps: 2" in (out / "tuned" / "config.yaml").read_text() and "seed: 2" in (out / "rl" / "config.yaml").read_text()
     assert (out / "report.md").read_text().startswith("# r1lab speedrun")
+
+
+def test_cpu_recipe_aha_stages(tmp_path):
+    """The aha pairs continue the base on addition alone (with and without checking traces), keep the recipe's
+    addition knobs, and are evaluated on addition with room for a check; the other stages keep the recipe's."""
+    from r1lab.recipe import eval_settings
+
+    recipe = load_recipe("cpu")
+    cfg = configs(recipe, tmp_path)
+    aha_base, control_base = cfg["aha-base"][0], cfg["aha-control-base"][0]
+    assert (aha_base.data.tasks, aha_base.data.check, aha_base.data.noise) == ("addition", 0.1, 0.3)
+    assert (control_base.data.tasks, control_base.data.check, control_base.data.noise) == ("addition", 0.0, 0.3)
+    assert aha_base.data.knobs == {"addition": {"digits": 4}} and recipe.stage("aha-base").start == "base"
+    for name in ("aha-zero", "aha-control"):
+        zero = cfg[name][0]
+        assert (zero.grpo.tasks, zero.grpo.knobs, zero.grpo.max_new_tokens) == ("addition", {"addition": {"digits": 4}}, 320)
+        assert eval_settings(recipe.stage(name), recipe) == (["addition"], 320)
+    assert eval_settings(recipe.stage("r1"), recipe) == (["addition", "countdown"], 128)
+    assert cfg["base"][0].data.check == 0.0 and cfg["r1-zero"][0].grpo.knobs == {"addition": {"digits": 4},
+                                                                                   "countdown": {"numbers": 2}}
+    smoke = load_recipe("cpu-smoke", ["aha-zero.eval.tasks=addition,countdown"])
+    assert eval_settings(smoke.stage("aha-zero"), smoke) == (["addition", "countdown"], 48)
+    with pytest.raises(ConfigError, match="unknown eval key 'k'"):
+        eval_settings(load_recipe("cpu", ["aha-zero.eval.k=2"]).stage("aha-zero"), recipe)

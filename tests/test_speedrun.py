@@ -20,7 +20,12 @@ def test_shortened_speedrun_end_to_end(tmp_path):
     assert "## Students" in report and "| student-onpolicy |" in report
     assert any(f["claim"].startswith("Students: ") for f in summary["findings"])
     assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0
-    for png in ("grpo_curves.png", "accuracy_by_stage.png"):
+    # the aha pair beside the R1 pipeline: evaluated on addition alone, with check rates, its section and curves
+    assert {"aha-base", "aha-zero", "aha-control-base", "aha-control"} <= stages
+    aha = [row for row in summary["table"] if row["stage"].startswith("aha-")]
+    assert {row["task"] for row in aha} == {"addition"} and all(row["check_rate"] is not None for row in aha)
+    assert any(f["claim"].startswith("Aha moment") for f in summary["findings"]) and "## Aha moment" in report
+    for png in ("grpo_curves.png", "accuracy_by_stage.png", "aha_curves.png"):
         assert (out / png).stat().st_size > 1000
     model, tok = r1lab.load(out / "final")
     assert tok.decode(tok.encode("What is 1 + 2?")) == "What is 1 + 2?"

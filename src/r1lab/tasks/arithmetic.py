@@ -18,16 +18,18 @@ Misconceptions (the answer is wrong exactly when the rule touches the problem):
   That result is always larger than the truth, so touched means wrong.
 
 Check (addition, `check` > 0 in the stream): after the first pass, which keeps its slip if it made one,
-the trace adds the operands the other way round and compares:
+the trace works the sum again, carefully (no slip), and compares:
 
     So 4821 + 1379 = 6210.
-    Check: 1379 + 4821.
-    9+1=10, write 0 carry 1
+    Check: 4821 + 1379 again.
+    1+9=10, write 0 carry 1
     ...
-    So 1379 + 4821 = 6200.
+    So 4821 + 1379 = 6200.
     6200 is not 6210, wait. 2+7+1=10, not 11, so 4821 + 1379 = 6200.
 
-(or "It matches." when the two agree); the boxed answer is the checked one.
+(or "It matches." when the two agree); the boxed answer is the checked one. The check repeats the first
+pass's procedure: a second way (the operands swapped) asks a 1.5M-parameter model for new attention
+patterns it did not learn in 100 steps (its checks copied the operands wrong and were never right).
 """
 
 from __future__ import annotations
@@ -83,15 +85,14 @@ def solve_addition(data: tuple[int, int], slip: Slip | None = None, misconceptio
 
 
 def check_addition(data: tuple[int, int], first: Solution) -> Solution:
-    """`first` (the first pass, maybe slipped) followed by a careful re-derivation with the operands swapped;
-    on a mismatch, "wait", the first step that went wrong with its right value, and the fixed answer."""
+    """`first` (the first pass, maybe slipped) followed by a careful second pass; on a mismatch, "wait", the
+    first step that went wrong with its right value, and the fixed answer."""
     a, b = data
-    again = solve_addition((b, a))
-    steps = [*first.steps, f"{CHECK_MARKER} {b} + {a}.", *again.steps]
+    again = solve_addition((a, b))
+    steps = [*first.steps, f"{CHECK_MARKER} {a} + {b} again.", *again.steps]
     if again.boxed == first.boxed:
         return Solution([*steps, "It matches."], again.boxed, first.touched)
-    clean = solve_addition((a, b)).steps
-    wrong = next(((w, c) for w, c in zip(first.steps, clean) if w != c), None)
+    wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
     where = ""
     if wrong is not None:
         wrong_eq, right_eq = (line.split(",")[0] for line in wrong)
