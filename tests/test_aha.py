@@ -102,28 +102,32 @@ def _eval(length, ci, check, pass1, fix=0.3):
                          "fix_rate": fix, "pass1": pass1, "pass1_ci": [pass1 - 0.05, pass1 + 0.05]}}
 
 
+STARTS = {"aha-zero": "aha-base", "aha-control": "aha-control-base"}
+
+
 def _stages(tmp_path, zero, control):
     metrics = tmp_path / "m.jsonl"
     metrics.write_text("".join(json.dumps({"step": s, "response_length": 100 + 5 * s, "check_rate": 0.1 + s / 40,
                                            "accuracy": 0.6 + s / 100}) + "\n" for s in range(1, 21)))
     return {"aha-base": Stage("aha-base", "", 1, 1, evals=_eval(100, 4, 0.1, 0.6)),
+            "base": Stage("base", "", 1, 1),
             "aha-zero": Stage("aha-zero", "", 1, 1, metrics=str(metrics), evals=zero),
             "aha-control-base": Stage("aha-control-base", "", 1, 1, evals=_eval(90, 3, 0.0, 0.6)),
             "aha-control": Stage("aha-control", "", 1, 1, metrics=str(metrics), evals=control)}
 
 
 def test_aha_verdict_follows_the_targets(tmp_path):
-    good = aha.aha_findings(_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))
+    good = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))
     assert good[0].claim.startswith("Response length grew 100 → 150 tokens under GRPO while the check rate rose 10% → 50%")
     assert "the control without checking traces stayed at 92 tokens" in good[0].claim
     assert good[1].passed is True
-    short = aha.aha_findings(_stages(tmp_path, _eval(120, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))[1]
+    short = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(120, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))[1]
     assert short.passed is False and "length +20%" in short.detail and "✗" in short.detail
-    drifting = aha.aha_findings(_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(110, 3, 0.0, 0.7)))
+    drifting = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(110, 3, 0.0, 0.7)))
     assert drifting[1].passed is False and "went 90 → 110 tokens" in drifting[0].claim
-    noisy = aha.aha_findings(_stages(tmp_path, _eval(150, 60, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))[1]
+    noisy = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(150, 60, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))[1]
     assert noisy.passed is False  # +50% but the interval of the change includes 0
-    assert aha.aha_findings({}) == []
+    assert aha.aha_findings({}, STARTS) == []
 
 
 def test_aha_section_picks_the_first_two_fixes_in_order(tmp_path):
@@ -132,7 +136,7 @@ def test_aha_section_picks_the_first_two_fixes_in_order(tmp_path):
     rows = [{"prompt": "p0", "answer": "1", "fixes": []}, {"prompt": "p1", "answer": "2", "fixes": ["A wait", "B wait"]},
             {"prompt": "p2", "answer": "3", "fixes": ["C wait"]}]
     (tmp_path / "eval" / "aha-zero.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    lines = aha.aha_section(_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)), tmp_path)
+    lines = aha.aha_section(_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)), tmp_path, STARTS)
     text = "\n".join(lines)
     assert "A wait" in text and "B wait" in text and "C wait" not in text
     assert "| aha-zero | 80.0% [75.0, 85.0] | 150.0 [145.0, 155.0] | 50.0% [45.0, 55.0] | 30.0% |" in text

@@ -262,14 +262,15 @@ class Speedrun:
                   for n, r in self.records.items()}
         # the aha stages answer their own question (eval/aha.py), apart from the R1 pipeline's findings
         grpo_from = {s.name: s.start for s in self.recipe.stages if s.kind == "grpo" and s.name not in aha.NAMES}
-        found = findings(stages, self.task_list, grpo_from, self.recipe.final) + aha.aha_findings(stages)
+        starts = {s.name: s.start for s in self.recipe.stages if s.name in aha.NAMES}
+        found = findings(stages, self.task_list, grpo_from, self.recipe.final) + aha.aha_findings(stages, starts)
         students = [stages[n] for n in ("student-base", "student-distilled", "student-rl", "student-onpolicy") if n in stages]
         notes = [f"recipe: {json.dumps(asdict(self.recipe))}", f"total wall time including evaluation: {wall_s / 60:.1f} min",
                  "held-out problems: each task's test split (a hash of the problem decides; never trained on)"]
         return write_report(self.out, list(stages.values()), found, self.task_list, title=f"r1lab speedrun: {self.out.name}",
                             notes=notes, extra_plots=[("Distilled vs RL-only student", students)] if students else None,
                             students=[s for s in students if s.name != "student-base"],
-                            sections=aha.aha_section(stages, self.out))
+                            sections=aha.aha_section(stages, self.out, starts))
 
 
 def add_speedrun_arguments(p: argparse.ArgumentParser) -> None:

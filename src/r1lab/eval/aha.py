@@ -1,14 +1,14 @@
 """The speedrun's "aha moment" section: does GRPO make a model check its work, and does thinking grow with it?
 
-Two pairs of stages (recipes/cpu.yaml): `aha-base` continues the base's pretraining on addition traces of
-which a small share verify their answer after the first pass (tasks/arithmetic.py, `data.check`), and
-`aha-zero` is R1-Zero's GRPO from it (accuracy + format rewards only); `aha-control-base` and `aha-control`
-are the same without the checking traces. On the held-out problems this module compares each GRPO stage
-with its start: mean response length, check rate (tasks.common.review), pass@1, each with its 95% interval
-over problems, against the issue's targets, and draws the R1 paper's Figure 3 small (length, check rate
-and accuracy over GRPO steps). Two transcripts are picked by a rule fixed before any run: the first two
-held-out responses of `aha-zero` (problems in the evaluation's order, samples in seed order) whose check
-says "wait" and whose answer is right.
+Two GRPO stages (recipes/cpu.yaml): `aha-zero` is R1-Zero's GRPO (accuracy + format rewards only) from a
+base whose pretraining traces include a small share that verify their answer after the first pass
+(tasks/arithmetic.py, `data.check`); `aha-control` is the same GRPO from a base without checking traces.
+On the held-out problems this module compares each GRPO stage with its start: mean response length,
+check rate (tasks.common.review), pass@1, each with its 95% interval over problems, against the issue's
+targets, and draws the R1 paper's Figure 3 small (length, check rate and accuracy over GRPO steps).
+Two transcripts are picked by a rule fixed before any run: the first two held-out responses of
+`aha-zero` (problems in the evaluation's order, samples in seed order) whose check says "wait" and whose
+answer is right.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from .report import Finding, Stage, _smooth, read_metrics
 from .stats import fmt_interval, half_width
 
-BASE, ZERO, CONTROL_BASE, CONTROL = "aha-base", "aha-zero", "aha-control-base", "aha-control"
-NAMES = (BASE, ZERO, CONTROL_BASE, CONTROL)
+ZERO, CONTROL = "aha-zero", "aha-control"  # the two GRPO stages; each is compared with the stage it starts from
+NAMES = (ZERO, CONTROL)
 TASK = "addition"
 # the issue's acceptance: length +30%, check rate x2, pass@1 +10 points (intervals excluding no change);
 # the control's length within 10%
@@ -36,9 +36,11 @@ def _change(before: dict, after: dict, key: str, ci: str) -> tuple[float, float]
     return after[key] - before[key], margin
 
 
-def aha_findings(stages: dict[str, Stage]) -> list[Finding]:
-    """The finding line the issue asks for, and the verdict against its targets; [] without the aha stages."""
-    base, zero, cbase, control = (_eval(stages, n) for n in NAMES)
+def aha_findings(stages: dict[str, Stage], starts: dict[str, str | None]) -> list[Finding]:
+    """The finding line the issue asks for, and the verdict against its targets; [] without the aha stages.
+    starts: each aha GRPO stage's start (recipe `from:`)."""
+    base, zero = _eval(stages, starts.get(ZERO) or ""), _eval(stages, ZERO)
+    cbase, control = _eval(stages, starts.get(CONTROL) or ""), _eval(stages, CONTROL)
     if base is None or zero is None or base.get("check_rate") is None or zero.get("check_rate") is None:
         return []
     length, length_margin = _change(base, zero, "mean_length", "mean_length_ci")
@@ -136,7 +138,7 @@ def _cell(e: dict | None, key: str, percent: bool = True) -> str:
     return value + (f" {fmt_interval(interval)}" if interval else "")
 
 
-def aha_section(stages: dict[str, Stage], out: Path) -> list[str]:
+def aha_section(stages: dict[str, Stage], out: Path, starts: dict[str, str | None]) -> list[str]:
     """The report's aha section: the before/after table, the curves and the two transcripts."""
     if not any(n in stages for n in NAMES):
         return []
@@ -145,8 +147,8 @@ def aha_section(stages: dict[str, Stage], out: Path) -> list[str]:
              "re-derives the answer (`Check:`); fix rate = share of those checks that caught a wrong first answer "
              "(`wait`) and ended right. 95% intervals over problems.", "",
              "| stage | pass@1 | mean length | check rate | fix rate |", "|---|---|---|---|---|"]
-    for name in NAMES:
-        e = _eval(stages, name)
+    for name in dict.fromkeys([starts.get(ZERO), ZERO, starts.get(CONTROL), CONTROL]):
+        e = _eval(stages, name or "")
         if e:
             lines.append(f"| {name} | {_cell(e, 'pass1')} | {_cell(e, 'mean_length', percent=False)} "
                          f"| {_cell(e, 'check_rate')} | {_cell(e, 'fix_rate')} |")

@@ -21,15 +21,17 @@ Check (addition, `check` > 0 in the stream): after the first pass, which keeps i
 the trace works the sum again, carefully (no slip), and compares:
 
     So 4821 + 1379 = 6210.
-    Check: 4821 + 1379 again.
+    Check:
     1+9=10, write 0 carry 1
     ...
     So 4821 + 1379 = 6200.
     6200 is not 6210, wait. 2+7+1=10, not 11, so 4821 + 1379 = 6200.
 
 (or "It matches." when the two agree); the boxed answer is the checked one. The check repeats the first
-pass's procedure: a second way (the operands swapped) asks a 1.5M-parameter model for new attention
-patterns it did not learn in 100 steps (its checks copied the operands wrong and were never right).
+pass's procedure, reading the digits from the question: a second way (the operands swapped) asked the
+1.5M-parameter model for new attention patterns it did not learn in 100 steps (its checks copied the
+operands wrong and were never right), and a header repeating the operands ("Check: 4821 + 1379 again.")
+was copied wrong, and the check then added the wrong copy.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def check_addition(data: tuple[int, int], first: Solution) -> Solution:
     first step that went wrong with its right value, and the fixed answer."""
     a, b = data
     again = solve_addition((a, b))
-    steps = [*first.steps, f"{CHECK_MARKER} {a} + {b} again.", *again.steps]
+    steps = [*first.steps, CHECK_MARKER, *again.steps]
     if again.boxed == first.boxed:
         return Solution([*steps, "It matches."], again.boxed, first.touched)
     wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
