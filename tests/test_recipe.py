@@ -20,7 +20,7 @@ def test_cpu_recipe_stages(tmp_path):
     recipe = load_recipe("cpu")
     assert [s.name for s in recipe.stages] == ["base", "r1-zero", "r1-cold-start", "r1-grpo1", "r1-rs-sft", "r1",
                                                "student-base", "student-distilled", "student-rl", "student-onpolicy",
-                                               "aha-base", "aha-zero", "aha-control-base", "aha-control"]
+                                               "aha-skill", "aha-skill2", "aha-base", "aha-zero", "aha-control"]
     assert recipe.final == "r1" and recipe.stage("r1").start == "r1-rs-sft"
     cfg = configs(recipe, tmp_path)
     base, _ = cfg["base"]
@@ -125,16 +125,20 @@ stages:
 
 
 def test_cpu_recipe_aha_stages(tmp_path):
-    """The aha pairs continue the base on addition alone (with and without checking traces), keep the recipe's
-    addition knobs, and are evaluated on addition with room for a check; the other stages keep the recipe's."""
+    """The aha stages continue the base on addition alone (checks in half, all, then a tenth of the traces), keep
+    the recipe's addition knobs, and are evaluated on addition with room for a check (the skill stages not at
+    all); the control is the same GRPO from the base; the other stages keep the recipe's settings."""
     from r1lab.recipe import eval_settings
 
     recipe = load_recipe("cpu")
     cfg = configs(recipe, tmp_path)
-    aha_base, control_base = cfg["aha-base"][0], cfg["aha-control-base"][0]
-    assert (aha_base.data.tasks, aha_base.data.check, aha_base.data.noise) == ("addition", 0.1, 0.3)
-    assert (control_base.data.tasks, control_base.data.check, control_base.data.noise) == ("addition", 0.0, 0.3)
-    assert aha_base.data.knobs == {"addition": {"digits": 4}} and recipe.stage("aha-base").start == "base"
+    skill, skill2, aha_base = cfg["aha-skill"][0], cfg["aha-skill2"][0], cfg["aha-base"][0]
+    assert [c.data.check for c in (skill, skill2, aha_base)] == [0.5, 1.0, 0.1]
+    assert all((c.data.tasks, c.data.noise, c.data.knobs) == ("addition", 0.3, {"addition": {"digits": 4}})
+               for c in (skill, skill2, aha_base))
+    assert [recipe.stage(n).start for n in ("aha-skill", "aha-skill2", "aha-base", "aha-zero", "aha-control")] == [
+        "base", "aha-skill", "aha-skill2", "aha-base", "base"]
+    assert eval_settings(recipe.stage("aha-skill"), recipe) == ([], 128)  # not evaluated
     for name in ("aha-zero", "aha-control"):
         zero = cfg[name][0]
         assert (zero.grpo.tasks, zero.grpo.knobs, zero.grpo.max_new_tokens) == ("addition", {"addition": {"digits": 4}}, 320)

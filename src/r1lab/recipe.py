@@ -195,7 +195,7 @@ def split_traces(spec: StageSpec, recipe: Recipe) -> tuple[list[str], dict[str, 
 
 def eval_settings(spec: StageSpec, recipe: Recipe) -> tuple[list[str], int]:
     """(tasks, max_new_tokens) a stage is evaluated on: the recipe's, unless its `eval` (or an `eval.KEY=VALUE`
-    item of its `set`) says otherwise."""
+    item of its `set`) says otherwise; `tasks: ""` (no tasks) leaves the stage unevaluated."""
     settings = dict(spec.eval)
     for item in spec.set:
         key, value = parse_overrides([item])[0]

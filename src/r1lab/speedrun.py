@@ -243,11 +243,14 @@ class Speedrun:
         for name, record in self.records.items():
             if name in evals:
                 continue
+            task_list, max_tokens = eval_settings(recipe.stage(name), recipe)
+            if not task_list:  # `eval: {tasks: ""}`: a stage on the way to another, not worth evaluating
+                evals[name] = {}
+                continue
             self.log(f"eval {name}")
             model, tokenizer = load(record.checkpoint)
             engine = Engine(model, tokenizer)
             results = []
-            task_list, max_tokens = eval_settings(recipe.stage(name), recipe)
             for task in task_list:
                 problems = load_problems(task, recipe.eval_problems, seed=recipe.seed + 5, **recipe.knobs.get(task, {}))
                 results.append(evaluate(engine, tokenizer, problems, task, k=recipe.eval_k, temperature=1.0,
