@@ -141,3 +141,18 @@ def test_aha_section_picks_the_first_two_fixes_in_order(tmp_path):
     assert "A wait" in text and "B wait" in text and "C wait" not in text
     assert "| aha-zero | 80.0% [75.0, 85.0] | 150.0 [145.0, 155.0] | 50.0% [45.0, 55.0] | 30.0% |" in text
     assert (tmp_path / "aha_curves.png").stat().st_size > 1000 and "![aha curves](aha_curves.png)" in text
+
+
+def test_quick_first_pass_states_the_answer_and_the_check_works_it_out():
+    plain = tasks.sample("addition", 60, seed=2, noise=0.3)
+    quick = tasks.sample("addition", 60, seed=2, noise=0.3, quick=True)
+    checked = tasks.sample("addition", 60, seed=2, noise=0.3, quick=True, check=1.0)
+    for p, q, c in zip(plain, quick, checked):
+        so_line = p["reference_trace"].split("\n</think>")[0].split("\n")[-1]
+        assert q["reference_trace"].split("\n")[1] == so_line and q["trace_answer"] == p["trace_answer"]
+        assert q["reference_trace"].count("\n") == 3  # <think>, the answer line, </think>, the boxed answer
+        assert c["reference_trace"].startswith(q["reference_trace"].split("</think>")[0] + "Check:\n")
+        assert c["trace_answer"] == c["answer"] and c["caught"] == p["affected"]
+    fix = next(r for r in checked if r["caught"])["reference_trace"].split("\n")[-3]
+    assert fix.endswith(", wait. So " + fix.split(", wait. So ")[1]) and "not" in fix
+    assert DataConfig(quick=True).quick and TaskMixture(DataConfig(tasks="addition", check=0.2, quick=True), seed=0)[0]

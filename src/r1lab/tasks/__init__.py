@@ -17,6 +17,7 @@ Every generator takes, besides its difficulty knobs (see `knobs(name)`):
                    multiplication and linear define one, countdown and word raise)
     check          share of traces that re-derive their answer after the first pass and fix a
                    slip they catch (default 0; addition defines a check, the others raise)
+    quick          the first pass states its answer without the working (its last step only)
 Rows are described in r1lab.tasks.common.
 """
 
@@ -65,6 +66,7 @@ def get(name: str) -> Callable[..., Iterator[dict[str, Any]]]:
         noise_kind: str = "slip",
         test_fraction: float = 0.1,
         check: float = 0.0,
+        quick: bool = False,
         **difficulty: Any,
     ) -> Iterator[dict[str, Any]]:
         valid = knobs(name)
@@ -74,7 +76,7 @@ def get(name: str) -> Callable[..., Iterator[dict[str, Any]]]:
         check_stream_args(task, split, noise, noise_kind, test_fraction, check)
         task.make(random.Random(0), **difficulty)  # bad knob values fail here, not at the first next()
         return stream(task, seed=seed, split=split, noise=noise, noise_kind=noise_kind,
-                      test_fraction=test_fraction, difficulty=difficulty, check=check)
+                      test_fraction=test_fraction, difficulty=difficulty, check=check, quick=quick)
 
     generate.__name__ = name
     generate.__doc__ = f"{name} rows; difficulty knobs: {knobs(name)}"
@@ -113,7 +115,8 @@ def _coerce(value: Any, default: Any) -> Any:
 
 def main_sample(name: str, n: int, seed: int, overrides: dict[str, Any]) -> None:
     """`r1lab tasks sample NAME -n 5 [key=value ...]`: print n rows readably."""
-    defaults = {**knobs(name), "split": "train", "noise": 0.0, "noise_kind": "slip", "test_fraction": 0.1, "check": 0.0}
+    defaults = {**knobs(name), "split": "train", "noise": 0.0, "noise_kind": "slip", "test_fraction": 0.1, "check": 0.0,
+                "quick": False}
     kwargs = {key: _coerce(value, defaults.get(key)) for key, value in overrides.items()}
     print(format_samples(sample(name, n, seed=seed, **kwargs)))
 

@@ -96,11 +96,11 @@ def check_addition(data: tuple[int, int], first: Solution) -> Solution:
         return Solution([*steps, "It matches."], again.boxed, first.touched)
     wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
     where = ""
-    if wrong is not None:
+    if wrong is not None and len(first.steps) > 1:  # a quick first pass has no working to point into
         wrong_eq, right_eq = (line.split(",")[0] for line in wrong)
         same_sum = wrong_eq.split("=")[0] == right_eq.split("=")[0]
         where = f" {right_eq}, not {wrong_eq.split('=')[-1] if same_sum else wrong_eq},"
-    fix = f"{again.boxed} is not {first.boxed}, {WAIT}.{where} so {a} + {b} = {again.boxed}."
+    fix = f"{again.boxed} is not {first.boxed}, {WAIT}.{where} {'so' if where else 'So'} {a} + {b} = {again.boxed}."
     return Solution([*steps, fix], again.boxed, first.touched)
 
 

@@ -131,6 +131,7 @@ def stream(
     test_fraction: float,
     difficulty: dict[str, Any],
     check: float = 0.0,
+    quick: bool = False,
 ) -> Iterator[dict[str, Any]]:
     # Two generators: problems do not depend on the noise settings, and the teacher's
     # dice are rolled a fixed number of times per problem, so raising `noise` only
@@ -156,6 +157,8 @@ def stream(
             solution, affected = task.solve(problem.data, slip=Slip(where, up)), True
         elif roll < noise and clean.touched:
             solution, affected = task.solve(problem.data, misconception=True), True
+        if quick:  # the first pass states its (maybe slipped) answer without the working: its last step only
+            solution = Solution(solution.steps[-1:], solution.boxed, solution.touched)
         extra = {}
         if check > 0:
             checked = checker.random() < check

@@ -37,6 +37,7 @@ class DataConfig:
     # share of traces that verify their answer after the first pass (tasks that define a check: addition;
     # the others in the mixture are left as they are). The speedrun's aha stages use it (tasks/common.py)
     check: float = 0.0
+    quick: bool = False  # the first pass states its answer without the working (the check then works it out)
     knobs: dict = field(default_factory=dict)  # per-task difficulty, e.g. {addition: {digits: 3}}
     # SFT: several examples per row with block-diagonal attention, instead of one padded row each. On a
     # 2-core CPU padding trains as fast on mixed-length tasks and 18% faster on one task (bench in the report)
@@ -77,7 +78,7 @@ class TaskMixture:
         self._chunk = lru_cache(maxsize=4)(self._make_chunk)
 
     def _generator(self, name: str, seed: int):
-        check = {"check": self.cfg.check} if name in self.checks else {}
+        check = {"check": self.cfg.check, "quick": self.cfg.quick} if name in self.checks else {}
         return tasks.get(name)(seed=seed, split=self.split, noise=self.cfg.noise, noise_kind=self.cfg.noise_kind,
                                **check, **self.cfg.knobs.get(name, {}))
 
