@@ -20,7 +20,8 @@ def test_cpu_recipe_stages(tmp_path):
     recipe = load_recipe("cpu")
     assert [s.name for s in recipe.stages] == ["base", "r1-zero", "r1-cold-start", "r1-grpo1", "r1-rs-sft", "r1",
                                                "student-base", "student-distilled", "student-rl", "student-onpolicy",
-                                               "aha-skill", "aha-skill2", "aha-base", "aha-zero", "aha-control"]
+                                               "aha-skill", "aha-base", "aha-zero", "aha-control-skill", "aha-control-base",
+                                               "aha-control"]
     assert recipe.final == "r1" and recipe.stage("r1").start == "r1-rs-sft"
     cfg = configs(recipe, tmp_path)
     base, _ = cfg["base"]
@@ -125,24 +126,26 @@ stages:
 
 
 def test_cpu_recipe_aha_stages(tmp_path):
-    """The aha stages continue the base on addition alone (checks in half, all, then a tenth of the traces), keep
-    the recipe's addition knobs, and are evaluated on addition with room for a check (the skill stages not at
-    all); the control is the same GRPO from the base; the other stages keep the recipe's settings."""
+    """The aha stages continue the base on addition alone, whose first pass states the answer without the
+    working (checks in all, then a tenth of the traces; the control none), keep the recipe's addition knobs,
+    and are evaluated on addition with room for a check (the skill stages not at all); the other stages keep
+    the recipe's settings."""
     from r1lab.recipe import eval_settings
 
     recipe = load_recipe("cpu")
     cfg = configs(recipe, tmp_path)
-    skill, skill2, aha_base = cfg["aha-skill"][0], cfg["aha-skill2"][0], cfg["aha-base"][0]
-    assert [c.data.check for c in (skill, skill2, aha_base)] == [0.5, 1.0, 0.1]
-    assert all((c.data.tasks, c.data.noise, c.data.knobs) == ("addition", 0.3, {"addition": {"digits": 4}})
-               for c in (skill, skill2, aha_base))
-    assert [recipe.stage(n).start for n in ("aha-skill", "aha-skill2", "aha-base", "aha-zero", "aha-control")] == [
-        "base", "aha-skill", "aha-skill2", "aha-base", "base"]
+    names = ("aha-skill", "aha-base", "aha-control-skill", "aha-control-base")
+    assert [cfg[n][0].data.check for n in names] == [1.0, 0.1, 0.0, 0.0]
+    assert all((cfg[n][0].data.tasks, cfg[n][0].data.noise, cfg[n][0].data.quick, cfg[n][0].data.knobs) ==
+               ("addition", 0.3, True, {"addition": {"digits": 4}}) for n in names)
+    assert [recipe.stage(n).start for n in (*names, "aha-zero", "aha-control")] == [
+        "base", "aha-skill", "base", "aha-control-skill", "aha-base", "aha-control-base"]
     assert eval_settings(recipe.stage("aha-skill"), recipe) == ([], 128)  # not evaluated
     for name in ("aha-zero", "aha-control"):
         zero = cfg[name][0]
-        assert (zero.grpo.tasks, zero.grpo.knobs, zero.grpo.max_new_tokens) == ("addition", {"addition": {"digits": 4}}, 320)
-        assert eval_settings(recipe.stage(name), recipe) == (["addition"], 320)
+        assert (zero.grpo.tasks, zero.grpo.knobs, zero.grpo.max_new_tokens, zero.grpo.loss) == (
+            "addition", {"addition": {"digits": 4}}, 256, "dapo")
+        assert eval_settings(recipe.stage(name), recipe) == (["addition"], 256)
     assert eval_settings(recipe.stage("r1"), recipe) == (["addition", "countdown"], 128)
     assert cfg["base"][0].data.check == 0.0 and cfg["r1-zero"][0].grpo.knobs == {"addition": {"digits": 4},
                                                                                    "countdown": {"numbers": 2}}

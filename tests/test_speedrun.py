@@ -21,7 +21,7 @@ def test_shortened_speedrun_end_to_end(tmp_path):
     assert any(f["claim"].startswith("Students: ") for f in summary["findings"])
     assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0
     # the aha pair beside the R1 pipeline: evaluated on addition alone, with check rates, its section and curves
-    assert {"aha-base", "aha-zero", "aha-control"} <= stages and "aha-skill" not in stages  # skill stages: no eval
+    assert {"aha-base", "aha-zero", "aha-control-base", "aha-control"} <= stages and "aha-skill" not in stages
     aha = [row for row in summary["table"] if row["stage"].startswith("aha-")]
     assert {row["task"] for row in aha} == {"addition"} and all(row["check_rate"] is not None for row in aha)
     assert any(f["claim"].startswith("Aha moment") for f in summary["findings"]) and "## Aha moment" in report

@@ -27,11 +27,11 @@ the trace works the sum again, carefully (no slip), and compares:
     So 4821 + 1379 = 6200.
     6200 is not 6210, wait. 2+7+1=10, not 11, so 4821 + 1379 = 6200.
 
-(or "It matches." when the two agree); the boxed answer is the checked one. The check repeats the first
-pass's procedure, reading the digits from the question: a second way (the operands swapped) asked the
-1.5M-parameter model for new attention patterns it did not learn in 100 steps (its checks copied the
-operands wrong and were never right), and a header repeating the operands ("Check: 4821 + 1379 again.")
-was copied wrong, and the check then added the wrong copy.
+(or "It matches." when the two agree); the boxed answer is the checked one. With `quick` the first pass is
+its last line alone (the answer stated without the working) and the fix names no step. The check repeats
+the first pass's procedure, reading the digits from the question: a second way (the operands swapped)
+asked the 1.5M-parameter model for new attention patterns it did not learn in 100 steps, and a header
+repeating the operands ("Check: 4821 + 1379 again.") was copied wrong and then added.
 """
 
 from __future__ import annotations
