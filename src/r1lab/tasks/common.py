@@ -17,7 +17,8 @@ evaluation read.  Each row is a dict:
     affected                        noise changed this trace
     touched                         the task's misconception rule applies to this problem
     checked, caught                 (check > 0 only) the trace re-derives its answer after the first pass, and
-                                    that check caught a wrong first answer ("wait", the slip, the fix)
+                                    that check caught a wrong first answer ("wait", the slip, the fix);
+                                    with quick=True the first pass is its last step alone (the answer, no working)
     ...                             task-specific columns (countdown: numbers, target)
 """
 
@@ -69,8 +70,8 @@ class Task:
     solve: Callable[..., Solution]
     misconception: str | None = None  # the wrong rule, in words; None: not defined for this task
     # check(data, first_pass) -> Solution: the first pass (slips kept) followed by a verification that
-    # re-derives the result another way and, on a mismatch, writes "wait", names the slip and fixes the
-    # answer (tasks/checking.py); None: the task has no such check
+    # re-derives the result and, on a mismatch, writes "wait", names the slip and fixes the answer
+    # (arithmetic.check_addition); None: the task has no such check
     check: Callable[..., Solution] | None = None
 
 
