@@ -13,7 +13,7 @@ def configs(recipe, tmp_path):
 
 
 def test_builtin_recipes_ship_with_the_package():
-    assert {"cpu", "cpu-smoke"} <= set(builtin_recipes())
+    assert {"cpu", "cpu-smoke", "aha", "aha-smoke"} <= set(builtin_recipes())
 
 
 def test_cpu_recipe_stages(tmp_path):
@@ -122,3 +122,35 @@ stages:
     assert (out / "final" / "model.safetensors").read_bytes() == (out / "rl" / "final" / "model.safetensors").read_bytes()
     assert "max_steps: 2" in (out / "tuned" / "config.yaml").read_text() and "seed: 2" in (out / "rl" / "config.yaml").read_text()
     assert (out / "report.md").read_text().startswith("# r1lab speedrun")
+
+
+def test_aha_recipe_stages(tmp_path):
+    """The aha stages continue the base on addition alone, whose first pass states the answer without the
+    working (checks in all, then a tenth of the traces; the control none), keep the recipe's addition knobs,
+    and are evaluated on addition with room for a check (the skill stages not at all); the other stages keep
+    the recipe's settings."""
+    from r1lab.recipe import eval_settings
+
+    recipe = load_recipe("aha")
+    assert [s.name for s in recipe.stages] == ["base", "aha-skill", "aha-base", "aha-zero", "aha-control-skill",
+                                               "aha-control-base", "aha-control"]
+    assert recipe.final == "aha-zero" and load_recipe("cpu").stage("base") == recipe.stage("base")
+    cfg = configs(recipe, tmp_path)
+    names = ("aha-skill", "aha-base", "aha-control-skill", "aha-control-base")
+    assert [cfg[n][0].data.check for n in names] == [1.0, 0.1, 0.0, 0.0]
+    assert all((cfg[n][0].data.tasks, cfg[n][0].data.noise, cfg[n][0].data.quick, cfg[n][0].data.knobs) ==
+               ("addition", 0.3, True, {"addition": {"digits": 4}}) for n in names)
+    assert [recipe.stage(n).start for n in (*names, "aha-zero", "aha-control")] == [
+        "base", "aha-skill", "base", "aha-control-skill", "aha-base", "aha-control-base"]
+    assert eval_settings(recipe.stage("aha-skill"), recipe) == ([], 128)  # not evaluated
+    for name in ("aha-zero", "aha-control"):
+        zero = cfg[name][0]
+        assert (zero.grpo.tasks, zero.grpo.knobs, zero.grpo.max_new_tokens, zero.grpo.loss) == (
+            "addition", {"addition": {"digits": 4}}, 256, "dapo")
+        assert eval_settings(recipe.stage(name), recipe) == (["addition"], 256)
+    assert eval_settings(recipe.stage("base"), recipe) == (["addition", "countdown"], 128)
+    assert cfg["base"][0].data.check == 0.0
+    smoke = load_recipe("aha-smoke", ["aha-zero.eval.tasks=addition,countdown"])
+    assert eval_settings(smoke.stage("aha-zero"), smoke) == (["addition", "countdown"], 48)
+    with pytest.raises(ConfigError, match="unknown eval key 'k'"):
+        eval_settings(load_recipe("aha", ["aha-zero.eval.k=2"]).stage("aha-zero"), recipe)

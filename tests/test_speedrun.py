@@ -20,9 +20,28 @@ def test_shortened_speedrun_end_to_end(tmp_path):
     assert "## Students" in report and "| student-onpolicy |" in report
     assert any(f["claim"].startswith("Students: ") for f in summary["findings"])
     assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0
+    assert not any(s.startswith("aha-") for s in stages) and "## Aha moment" not in report
     for png in ("grpo_curves.png", "accuracy_by_stage.png"):
         assert (out / png).stat().st_size > 1000
     model, tok = r1lab.load(out / "final")
     assert tok.decode(tok.encode("What is 1 + 2?")) == "What is 1 + 2?"
     # a second run skips every finished stage
     assert main(["speedrun", "--preset", "cpu-smoke", "--out", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_shortened_aha_recipe_end_to_end(tmp_path):
+    """The aha experiment's recipe (issue 19), shortened: the pair beside the base, evaluated on addition alone
+    with check rates, the report's aha section, its curves and finding."""
+    from r1lab.cli import main
+
+    out = tmp_path / "aha"
+    assert main(["speedrun", "--preset", "aha-smoke", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    stages = {row["stage"] for row in summary["table"]}
+    assert {"aha-base", "aha-zero", "aha-control-base", "aha-control"} <= stages and "aha-skill" not in stages
+    aha = [row for row in summary["table"] if row["stage"].startswith("aha-")]
+    assert {row["task"] for row in aha} == {"addition"} and all(row["check_rate"] is not None for row in aha)
+    assert any(f["claim"].startswith("Aha moment") for f in summary["findings"]) and "## Aha moment" in report
+    assert (out / "aha_curves.png").stat().st_size > 1000

@@ -19,6 +19,7 @@ from .config import ConfigError, coerce, parse_overrides
 KINDS = ("pretrain", "sft", "grpo", "onpolicy")
 SFT_DATA = ("cold_start", "traces")
 TRACE_KEYS = {"teacher": str, "problems": int, "k": int, "seed": int, "folder": str, "add_cold_start": bool}
+EVAL_KEYS = {"tasks": str, "max_new_tokens": int}  # a stage's own evaluation (default: the recipe-wide values)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StageSpec:
     traces: dict[str, Any] = field(default_factory=dict)  # data=traces: teacher, problems, k, seed, folder, add_cold_start
     teacher: str = ""  # onpolicy: the earlier stage whose final checkpoint scores the student's tokens
     budget: str = ""  # onpolicy: an earlier stage whose wall time is this one's time limit (grpo.time_limit_s)
+    eval: dict[str, Any] = field(default_factory=dict)  # tasks, max_new_tokens: evaluate this stage so, not as the recipe
 
 
 @dataclass
@@ -106,7 +108,7 @@ def _stage(raw: Any, where: str, earlier: list[str]) -> StageSpec:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ConfigError(f"{where}: every stage needs a `name` (got {raw!r})")
     name = raw["name"]
-    known = {"name", "kind", "preset", "from", "set", "data", "traces", "teacher", "budget"}
+    known = {"name", "kind", "preset", "from", "set", "data", "traces", "teacher", "budget", "eval"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: stage {name}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -114,7 +116,11 @@ def _stage(raw: Any, where: str, earlier: list[str]) -> StageSpec:
     spec = StageSpec(name=name, kind=raw.get("kind", ""), preset=raw.get("preset", ""), start=raw.get("from"),
                      set=[str(item) for item in raw.get("set") or []], data=raw.get("data") or "",
                      traces=dict(raw.get("traces") or {}), teacher=raw.get("teacher") or "",
-                     budget=raw.get("budget") or "")
+                     budget=raw.get("budget") or "", eval=dict(raw.get("eval") or {}))
+    for key, value in spec.eval.items():
+        if key not in EVAL_KEYS:
+            raise ConfigError(f"{where}: stage {name}: unknown eval key {key!r}; valid: {', '.join(EVAL_KEYS)}")
+        spec.eval[key] = coerce(value, EVAL_KEYS[key], f"{where}: stage {name}: eval.{key}")
     if spec.kind not in KINDS:
         raise ConfigError(f"{where}: stage {name}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if not spec.preset:
@@ -175,6 +181,8 @@ def split_traces(spec: StageSpec, recipe: Recipe) -> tuple[list[str], dict[str, 
     items, traces = [], dict(spec.traces)
     for item in [*recipe.defaults.get(spec.kind, []), *spec.set]:
         key, value = parse_overrides([item])[0]
+        if key.startswith("eval."):
+            continue  # the stage's evaluation: eval_settings
         if key.startswith("traces."):
             name = key[len("traces."):]
             if name not in TRACE_KEYS:
@@ -183,3 +191,18 @@ def split_traces(spec: StageSpec, recipe: Recipe) -> tuple[list[str], dict[str, 
         else:
             items.append(item)
     return items, traces
+
+
+def eval_settings(spec: StageSpec, recipe: Recipe) -> tuple[list[str], int]:
+    """(tasks, max_new_tokens) a stage is evaluated on: the recipe's, unless its `eval` (or an `eval.KEY=VALUE`
+    item of its `set`) says otherwise; `tasks: ""` (no tasks) leaves the stage unevaluated."""
+    settings = dict(spec.eval)
+    for item in spec.set:
+        key, value = parse_overrides([item])[0]
+        if key.startswith("eval."):
+            name = key[len("eval."):]
+            if name not in EVAL_KEYS:
+                raise ConfigError(f"stage {spec.name}: unknown eval key {name!r}; valid: {', '.join(EVAL_KEYS)}")
+            settings[name] = coerce(value, EVAL_KEYS[name], key)
+    names = [t.strip() for t in str(settings.get("tasks", recipe.tasks)).split(",") if t.strip()]
+    return names, int(settings.get("max_new_tokens", recipe.max_new_tokens))

@@ -30,11 +30,12 @@ from pathlib import Path
 from . import tasks
 from .config import ConfigError, build, parse_overrides, revalidate, set_key
 from .engine import Engine
+from .eval import aha
 from .eval.evaluate import evaluate, load_problems, write_results
 from .eval.report import Stage, findings, read_metrics, write_report
 from .model import load, load_model
 from .model.config import PRESETS as MODEL_PRESETS
-from .recipe import Recipe, StageSpec, builtin_recipes, load_recipe, split_traces
+from .recipe import Recipe, StageSpec, builtin_recipes, eval_settings, load_recipe, split_traces
 from .tokenizer import train_tokenizer
 from .train.data import builtin_corpus
 from .train.distill import TeacherSection, make_traces
@@ -135,11 +136,18 @@ class Speedrun:
         elif spec.kind in ("grpo", "onpolicy"):
             cfg.grpo.tasks, cfg.grpo.knobs, cfg.grpo.max_new_tokens = recipe.tasks, knobs, recipe.max_new_tokens
         items, traces = split_traces(spec, recipe)
-        for key, value in parse_overrides(items):
+        overrides = parse_overrides(items)
+        for key, value in overrides:
             try:
                 set_key(cfg, key, value)
             except ConfigError as e:
                 raise ConfigError(f"stage {spec.name}: {e}") from None
+        section = cfg.data if spec.kind == "pretrain" else cfg.grpo if spec.kind in ("grpo", "onpolicy") else None
+        prefix = "data." if spec.kind == "pretrain" else "grpo."
+        if section is not None and not any(key == prefix + "knobs" for key, _ in overrides):
+            # a stage that trains on its own tasks (the aha stages: addition only) keeps the recipe's knobs of those
+            own = [t.strip() for t in section.tasks.split(",") if t.strip()]
+            section.knobs = {k: v for k, v in recipe.knobs.items() if k in own}
         return revalidate(cfg), traces
 
     def train(self, spec: StageSpec, folder: Path) -> None:
@@ -236,14 +244,18 @@ class Speedrun:
         for name, record in self.records.items():
             if name in evals:
                 continue
+            task_list, max_tokens = eval_settings(recipe.stage(name), recipe)
+            if not task_list:  # `eval: {tasks: ""}`: a stage on the way to another, not worth evaluating
+                evals[name] = {}
+                continue
             self.log(f"eval {name}")
             model, tokenizer = load(record.checkpoint)
             engine = Engine(model, tokenizer)
             results = []
-            for task in self.task_list:
+            for task in task_list:
                 problems = load_problems(task, recipe.eval_problems, seed=recipe.seed + 5, **recipe.knobs.get(task, {}))
                 results.append(evaluate(engine, tokenizer, problems, task, k=recipe.eval_k, temperature=1.0,
-                                        max_tokens=recipe.max_new_tokens, seed=recipe.seed))
+                                        max_tokens=max_tokens, seed=recipe.seed))
             write_results(results, self.out / "eval" / f"{name}.jsonl")
             evals[name] = {r.task: r.summary() for r in results}
             path.write_text(json.dumps(evals, indent=2) + "\n")
@@ -252,14 +264,17 @@ class Speedrun:
     def report(self, evals: dict, wall_s: float) -> Path:
         stages = {n: Stage(n, r.checkpoint, r.wall_s, r.train_flops, r.gen_flops, r.params, r.metrics, evals.get(n, {}))
                   for n, r in self.records.items()}
-        grpo_from = {s.name: s.start for s in self.recipe.stages if s.kind == "grpo"}
-        found = findings(stages, self.task_list, grpo_from, self.recipe.final)
+        # the aha stages answer their own question (eval/aha.py), apart from the R1 pipeline's findings
+        grpo_from = {s.name: s.start for s in self.recipe.stages if s.kind == "grpo" and s.name not in aha.NAMES}
+        starts = {s.name: s.start for s in self.recipe.stages if s.name in aha.NAMES}
+        found = findings(stages, self.task_list, grpo_from, self.recipe.final) + aha.aha_findings(stages, starts)
         students = [stages[n] for n in ("student-base", "student-distilled", "student-rl", "student-onpolicy") if n in stages]
         notes = [f"recipe: {json.dumps(asdict(self.recipe))}", f"total wall time including evaluation: {wall_s / 60:.1f} min",
                  "held-out problems: each task's test split (a hash of the problem decides; never trained on)"]
         return write_report(self.out, list(stages.values()), found, self.task_list, title=f"r1lab speedrun: {self.out.name}",
                             notes=notes, extra_plots=[("Distilled vs RL-only student", students)] if students else None,
-                            students=[s for s in students if s.name != "student-base"])
+                            students=[s for s in students if s.name != "student-base"],
+                            sections=aha.aha_section(stages, self.out, starts))
 
 
 def add_speedrun_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,8 +20,9 @@ from .. import tasks
 from ..rewards import columns_of, get
 from ..rewards.core import extract_answer
 from ..rollout import chat_prompt, rollout
+from ..tasks.common import review
 from ..tasks.datasets import load_dataset
-from .stats import binary_interval, mean_interval, sample_interval
+from .stats import binary_interval, mean_interval, sample_interval, value_interval
 
 # The R1 paper's evaluation set-up for reasoning models on benchmark files: sampling, and the math prompt
 R1_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -69,6 +70,12 @@ class TaskResult:
     maj_ci: tuple[float, float] | None = None
     temperature: float | None = None
     top_p: float | None = None
+    mean_length_ci: tuple[float, float] | None = None  # 95% interval over problems of the mean length (k samples)
+    # tasks with a check step (tasks.common.review), over the k samples: the share that checks (95% interval
+    # over problems) and the share of those checks that caught a wrong first answer and ended right
+    check_rate: float | None = None
+    check_rate_ci: tuple[float, float] | None = None
+    fix_rate: float | None = None
     ci_method: str = CI_METHOD
     problems: list[dict] = field(default_factory=list, repr=False)
 
@@ -93,6 +100,11 @@ def load_problems(spec: str, n: int, seed: int = 0, **knobs: Any) -> list[dict]:
 
 def is_task(spec: str) -> bool:
     return spec in tasks.names()
+
+
+def has_check(spec: str) -> bool:
+    """A built-in task whose traces can verify their answer (its responses get check_rate, fix_rate)."""
+    return is_task(spec) and tasks.TASKS[spec].check is not None
 
 
 def _vote_key(text: str, correct: float) -> str:
@@ -175,7 +187,9 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
         greedy_scores = accuracy(texts, **columns_of(kept_problems, 1)) if texts else []
     measured = [s for i in kept for s in samples[i]] if k > 0 else [greedy_samples[i] for i in kept]
     rows: dict[int, dict] = {}  # by problem index, so the results keep the problems' order
-    pass1, maj, greedy_acc = [], [], []
+    pass1, maj, greedy_acc, lengths, checks = [], [], [], [], []
+    checking = has_check(task) and k > 0
+    checked = fixed = 0
     for index, i in enumerate(kept):
         p = problems[i]
         row = {"task": task, "prompt": p["prompt"], "answer": p.get("answer")}
@@ -189,8 +203,18 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
             votes = Counter(_vote_key(s.text, score) for s, score in mine)
             row["maj_correct"] = float(votes.most_common(1)[0][0] == "<correct>")
             row["samples"] = [s.text for s, _ in mine[:2]]  # a couple for reading, not all k
+            row["sample_tokens"] = [s.tokens for s, _ in mine]
             pass1.append(row["pass1"])
             maj.append(row["maj_correct"])
+            lengths.append(sum(row["sample_tokens"]) / k)
+            if checking:
+                reviews = [review(s.text) for s, _ in mine]
+                row["sample_checked"] = [c for c, _ in reviews]
+                # the responses whose check caught a wrong first answer and ended right, in sample order
+                row["fixes"] = [s.text for (s, score), (_, caught) in zip(mine, reviews) if caught and score == 1.0]
+                checks.append(sum(row["sample_checked"]) / k)
+                checked += sum(row["sample_checked"])
+                fixed += len(row["fixes"])
         if greedy:
             row["greedy_correct"] = greedy_scores[index]
             row["greedy_completion"] = greedy_samples[i].text
@@ -211,6 +235,9 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
                       pass1_ci_samples=sample_interval(pass1, k),
                       greedy_ci=binary_interval(greedy_acc), maj_ci=binary_interval(maj),
                       temperature=temperature if k > 0 else None, top_p=top_p if k > 0 else None,
+                      mean_length_ci=value_interval(lengths), check_rate=mean(checks) if checking else None,
+                      check_rate_ci=mean_interval(checks) if checking else None,
+                      fix_rate=fixed / checked if checking and checked else (0.0 if checking else None),
                       problems=[rows[i] for i in range(len(problems))])
 
 

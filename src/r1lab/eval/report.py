@@ -126,8 +126,10 @@ def plot_bars(stages: list[Stage], tasks: list[str], path: Path, title: str, met
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(stages) * max(1, len(tasks)) / 2 + 3), 4.2))
     width = 0.8 / len(tasks)
     for j, task in enumerate(tasks):
-        values = [100 * (s.evals.get(task, {}).get(metric) or 0) for s in stages]
-        xs = [i + j * width for i in range(len(stages))]
+        # a stage not evaluated on this task (the aha stages: addition only) gets no bar, not a 0
+        kept = [(i, 100 * (s.evals[task].get(metric) or 0)) for i, s in enumerate(stages) if task in s.evals]
+        xs = [i + j * width for i, _ in kept]
+        values = [v for _, v in kept]
         ax.bar(xs, values, width, label=task)
         for x, v in zip(xs, values):
             ax.text(x, v + 1, f"{v:.0f}", ha="center", fontsize=8)
@@ -220,7 +222,9 @@ def health_lines(stages: list[Stage]) -> list[str]:
 
 def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Finding], tasks: list[str],
                  title: str = "r1lab speedrun", notes: list[str] | None = None,
-                 extra_plots: list[tuple[str, list[Stage]]] | None = None, students: list[Stage] | None = None) -> Path:
+                 extra_plots: list[tuple[str, list[Stage]]] | None = None, students: list[Stage] | None = None,
+                 sections: list[str] | None = None) -> Path:
+    """report.md and summary.json in out_dir; `sections`: extra markdown lines after the health section."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = []
@@ -259,6 +263,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
               "the prompt did not fit the context). " + " ".join(f"{m}." for m in methods), ""]
     lines += student_table(students or [], tasks)
     lines += health_lines(stages)
+    lines += sections or []
     for name, path in plots:
         lines += [f"## {name}", "", f"![{name}]({path.name})", ""]
     lines += ["## Cost", "", "| stage | wall time | training FLOPs | generation FLOPs | parameters (total / activated) |",

@@ -48,6 +48,17 @@ def mean_interval(shares: list[float]) -> tuple[float, float] | None:
     return max(0.0, mean - half), min(1.0, mean + half)
 
 
+def value_interval(values: list[float]) -> tuple[float, float] | None:
+    """95% interval over problems of the mean of unbounded per-problem values (e.g. mean response length):
+    normal, mean +- 1.96 * sd / sqrt(n); a point when every value is the same."""
+    n = len(values)
+    if n == 0:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean - Z95 * sd / math.sqrt(n), mean + Z95 * sd / math.sqrt(n)
+
+
 def sample_interval(shares: list[float], k: int) -> tuple[float, float] | None:
     """95% interval of the mean share from re-drawing the k samples of the same problems."""
     n = len(shares)

@@ -15,6 +15,9 @@ Every generator takes, besides its difficulty knobs (see `knobs(name)`):
     noise_kind     "slip" (one off-by-one mistake, followed consistently) or "misconception"
                    (one wrong rule applied wherever it applies; addition, subtraction,
                    multiplication and linear define one, countdown and word raise)
+    check          share of traces that re-derive their answer after the first pass and fix a
+                   slip they catch (default 0; addition defines a check, the others raise)
+    quick          the first pass states its answer without the working (its last step only)
 Rows are described in r1lab.tasks.common.
 """
 
@@ -62,16 +65,18 @@ def get(name: str) -> Callable[..., Iterator[dict[str, Any]]]:
         noise: float = 0.0,
         noise_kind: str = "slip",
         test_fraction: float = 0.1,
+        check: float = 0.0,
+        quick: bool = False,
         **difficulty: Any,
     ) -> Iterator[dict[str, Any]]:
         valid = knobs(name)
         unknown = sorted(set(difficulty) - set(valid))
         if unknown:
             raise ValueError(f"unknown knob(s) {unknown} for task {name!r}; valid: {', '.join(valid) or 'none'}")
-        check_stream_args(task, split, noise, noise_kind, test_fraction)
+        check_stream_args(task, split, noise, noise_kind, test_fraction, check)
         task.make(random.Random(0), **difficulty)  # bad knob values fail here, not at the first next()
         return stream(task, seed=seed, split=split, noise=noise, noise_kind=noise_kind,
-                      test_fraction=test_fraction, difficulty=difficulty)
+                      test_fraction=test_fraction, difficulty=difficulty, check=check, quick=quick)
 
     generate.__name__ = name
     generate.__doc__ = f"{name} rows; difficulty knobs: {knobs(name)}"
@@ -86,7 +91,7 @@ def format_samples(rows: list[dict[str, Any]]) -> str:
     """Rows as readable text: prompt, gold answer, the teacher's trace indented."""
     blocks = []
     for index, row in enumerate(rows):
-        flags = [flag for flag in ("affected", "touched") if row.get(flag)]
+        flags = [flag for flag in ("affected", "touched", "checked", "caught") if row.get(flag)]
         header = f"── {row.get('task', 'row')} #{index}" + (f" ({', '.join(flags)})" if flags else "") + " "
         trace = "\n".join("    " + line for line in row["reference_trace"].splitlines())
         blocks.append(f"{header:─<60}\nprompt: {row['prompt']}\nanswer: {row['answer']}\ntrace:\n{trace}")
@@ -110,7 +115,8 @@ def _coerce(value: Any, default: Any) -> Any:
 
 def main_sample(name: str, n: int, seed: int, overrides: dict[str, Any]) -> None:
     """`r1lab tasks sample NAME -n 5 [key=value ...]`: print n rows readably."""
-    defaults = {**knobs(name), "split": "train", "noise": 0.0, "noise_kind": "slip", "test_fraction": 0.1}
+    defaults = {**knobs(name), "split": "train", "noise": 0.0, "noise_kind": "slip", "test_fraction": 0.1, "check": 0.0,
+                "quick": False}
     kwargs = {key: _coerce(value, defaults.get(key)) for key, value in overrides.items()}
     print(format_samples(sample(name, n, seed=seed, **kwargs)))
 

@@ -16,13 +16,29 @@ Misconceptions (the answer is wrong exactly when the rule touches the problem):
 - subtraction: "smaller from larger": a column whose top digit is smaller
   subtracts top from bottom instead of borrowing ("3-8" becomes "8-3=5, borrow 0").
   That result is always larger than the truth, so touched means wrong.
+
+Check (addition, `check` > 0 in the stream): after the first pass, which keeps its slip if it made one,
+the trace works the sum again, carefully (no slip), and compares:
+
+    So 4821 + 1379 = 6210.
+    Check:
+    1+9=10, write 0 carry 1
+    ...
+    So 4821 + 1379 = 6200.
+    6200 is not 6210, wait. 2+7+1=10, not 11, so 4821 + 1379 = 6200.
+
+(or "It matches." when the two agree); the boxed answer is the checked one. With `quick` the first pass is
+its last line alone (the answer stated without the working) and the fix names no step. The check repeats
+the first pass's procedure, reading the digits from the question: a second way (the operands swapped)
+asked the 1.5M-parameter model for new attention patterns it did not learn in 100 steps, and a header
+repeating the operands ("Check: 4821 + 1379 again.") was copied wrong and then added.
 """
 
 from __future__ import annotations
 
 import random
 
-from .common import Problem, Slip, Solution, Task, digit_range, nudge, random_number, slip_index
+from .common import CHECK_MARKER, WAIT, Problem, Slip, Solution, Task, digit_range, nudge, random_number, slip_index
 
 
 def _digits(n: int, width: int) -> list[int]:
@@ -70,6 +86,24 @@ def solve_addition(data: tuple[int, int], slip: Slip | None = None, misconceptio
     return Solution(steps, str(result), touched)
 
 
+def check_addition(data: tuple[int, int], first: Solution) -> Solution:
+    """`first` (the first pass, maybe slipped) followed by a careful second pass; on a mismatch, "wait", the
+    first step that went wrong with its right value, and the fixed answer."""
+    a, b = data
+    again = solve_addition((a, b))
+    steps = [*first.steps, CHECK_MARKER, *again.steps]
+    if again.boxed == first.boxed:
+        return Solution([*steps, "It matches."], again.boxed, first.touched)
+    wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
+    where = ""
+    if wrong is not None and len(first.steps) > 1:  # a quick first pass has no working to point into
+        wrong_eq, right_eq = (line.split(",")[0] for line in wrong)
+        same_sum = wrong_eq.split("=")[0] == right_eq.split("=")[0]
+        where = f" {right_eq}, not {wrong_eq.split('=')[-1] if same_sum else wrong_eq},"
+    fix = f"{again.boxed} is not {first.boxed}, {WAIT}.{where} {'so' if where else 'So'} {a} + {b} = {again.boxed}."
+    return Solution([*steps, fix], again.boxed, first.touched)
+
+
 def make_subtraction(rng: random.Random, *, digits: int = 4, min_digits: int | None = None) -> Problem:
     """a - b with a >= b, so the result is never negative."""
     low, high = digit_range(digits, min_digits)
@@ -108,7 +142,7 @@ def solve_subtraction(data: tuple[int, int], slip: Slip | None = None, misconcep
 
 ADDITION = Task(
     "addition", make_addition, solve_addition,
-    misconception="forgets the carry into a column whose two digits sum to 9",
+    misconception="forgets the carry into a column whose two digits sum to 9", check=check_addition,
 )
 SUBTRACTION = Task(
     "subtraction", make_subtraction, solve_subtraction,

@@ -16,6 +16,9 @@ evaluation read.  Each row is a dict:
                                     and for countdown, where it is an expression)
     affected                        noise changed this trace
     touched                         the task's misconception rule applies to this problem
+    checked, caught                 (check > 0 only) the trace re-derives its answer after the first pass, and
+                                    that check caught a wrong first answer ("wait", the slip, the fix);
+                                    with quick=True the first pass is its last step alone (the answer, no working)
     ...                             task-specific columns (countdown: numbers, target)
 """
 
@@ -29,6 +32,10 @@ from typing import Any, Callable, Iterator
 from ..tokenizer import END_THINK, THINK_PREFIX
 
 NOISE_KINDS = ("slip", "misconception")
+# A task's check (Task.check) opens with CHECK_MARKER and says WAIT when it catches a wrong first answer;
+# `review` reads both back from a response
+CHECK_MARKER = "Check:"
+WAIT = "wait"
 SPLITS = ("train", "test", "all")
 
 
@@ -62,10 +69,22 @@ class Task:
     make: Callable[..., Problem]
     solve: Callable[..., Solution]
     misconception: str | None = None  # the wrong rule, in words; None: not defined for this task
+    # check(data, first_pass) -> Solution: the first pass (slips kept) followed by a verification that
+    # re-derives the result and, on a mismatch, writes "wait", names the slip and fixes the answer
+    # (arithmetic.check_addition); None: the task has no such check
+    check: Callable[..., Solution] | None = None
 
 
 def render_trace(steps: list[str], boxed: str) -> str:
     return THINK_PREFIX + "\n".join(steps) + f"\n{END_THINK}\nThe answer is \\boxed{{{boxed}}}."
+
+
+def review(text: str) -> tuple[bool, bool]:
+    """(checked, caught) of a response: its thinking has a check (CHECK_MARKER), and that check says WAIT
+    (it found the first answer wrong). Whether the fix ended right is the accuracy reward's call."""
+    thinking = text.split(END_THINK)[0]
+    checked = CHECK_MARKER in thinking
+    return checked, checked and WAIT in thinking.split(CHECK_MARKER, 1)[1]
 
 
 def nudge(value: int, up: bool, lo: int, hi: int) -> int:
@@ -85,7 +104,8 @@ def split_of(task: str, key: str, test_fraction: float) -> str:
     return "test" if int.from_bytes(digest, "big") / 2**64 < test_fraction else "train"
 
 
-def check_stream_args(task: Task, split: str, noise: float, noise_kind: str, test_fraction: float) -> None:
+def check_stream_args(task: Task, split: str, noise: float, noise_kind: str, test_fraction: float,
+                      check: float = 0.0) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 0.0 <= noise <= 1.0:
@@ -96,6 +116,10 @@ def check_stream_args(task: Task, split: str, noise: float, noise_kind: str, tes
         raise ValueError(f"task {task.name!r} has no misconception rule; use noise_kind='slip'")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= check <= 1.0:
+        raise ValueError(f"check must be in [0, 1], got {check}")
+    if check > 0 and task.check is None:
+        raise ValueError(f"task {task.name!r} has no check step; check > 0 needs one (addition has)")
 
 
 def stream(
@@ -107,12 +131,17 @@ def stream(
     noise_kind: str,
     test_fraction: float,
     difficulty: dict[str, Any],
+    check: float = 0.0,
+    quick: bool = False,
 ) -> Iterator[dict[str, Any]]:
     # Two generators: problems do not depend on the noise settings, and the teacher's
     # dice are rolled a fixed number of times per problem, so raising `noise` only
     # adds affected traces (the affected set at 0.3 is inside the one at 0.5).
+    # A third decides which traces carry a check, so check > 0 keeps every problem and
+    # every slip of the same stream at check = 0 and only appends verifications.
     problems = random.Random(f"{task.name}:{seed}")
     teacher = random.Random(f"{task.name}:{seed}:teacher")
+    checker = random.Random(f"{task.name}:{seed}:check")
     rejected = 0
     while True:
         problem = task.make(problems, **difficulty)
@@ -129,6 +158,17 @@ def stream(
             solution, affected = task.solve(problem.data, slip=Slip(where, up)), True
         elif roll < noise and clean.touched:
             solution, affected = task.solve(problem.data, misconception=True), True
+        if quick:  # the first pass states its (maybe slipped) answer without the working: its last step only
+            solution = Solution(solution.steps[-1:], solution.boxed, solution.touched)
+        extra = {}
+        if check > 0:
+            checked = checker.random() < check
+            if checked:
+                first = solution.boxed
+                solution = task.check(problem.data, solution)
+                extra = {"checked": True, "caught": solution.boxed != first}
+            else:
+                extra = {"checked": False, "caught": False}
         yield {
             "task": task.name,
             "prompt": problem.prompt,
@@ -137,6 +177,7 @@ def stream(
             "trace_answer": solution.boxed,
             "affected": affected,
             "touched": clean.touched,
+            **extra,
             **problem.columns,
         }
 

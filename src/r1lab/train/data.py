@@ -34,6 +34,10 @@ class DataConfig:
     weights: str = ""  # comma-separated sampling weights in the order of `tasks`; empty = equal
     noise: float = 0.0  # fraction of reference traces with a teacher mistake
     noise_kind: str = "slip"  # slip | misconception
+    # share of traces that verify their answer after the first pass (tasks that define a check: addition;
+    # the others in the mixture are left as they are). The speedrun's aha stages use it (tasks/common.py)
+    check: float = 0.0
+    quick: bool = False  # the first pass states its answer without the working (the check then works it out)
     knobs: dict = field(default_factory=dict)  # per-task difficulty, e.g. {addition: {digits: 3}}
     # SFT: several examples per row with block-diagonal attention, instead of one padded row each. On a
     # 2-core CPU padding trains as fast on mixed-length tasks and 18% faster on one task (bench in the report)
@@ -64,14 +68,19 @@ class TaskMixture:
         if unknown:
             raise ValueError(f"data.knobs names task(s) {unknown} that are not in data.tasks")
         self.weights, self.seed, self.split, self.cfg = weights, seed, split, cfg
+        self.checks = {n for n in self.names if tasks.TASKS[n].check is not None} if cfg.check else set()
+        if cfg.check and not self.checks:
+            raise ValueError(f"data.check={cfg.check} but no task in data.tasks ({cfg.tasks}) defines a check step; "
+                             "addition does")
         # fail now on bad knobs or noise settings, not at the first batch
         for name in self.names:
             self._generator(name, 0)
         self._chunk = lru_cache(maxsize=4)(self._make_chunk)
 
     def _generator(self, name: str, seed: int):
+        check = {"check": self.cfg.check, "quick": self.cfg.quick} if name in self.checks else {}
         return tasks.get(name)(seed=seed, split=self.split, noise=self.cfg.noise, noise_kind=self.cfg.noise_kind,
-                               **self.cfg.knobs.get(name, {}))
+                               **check, **self.cfg.knobs.get(name, {}))
 
     def _make_chunk(self, c: int) -> list[dict]:
         rng = random.Random(f"mixture:{self.seed}:{c}")

@@ -146,6 +146,10 @@ class GRPOStep:
         local = {"n": float(len(stats.rewards)), "reward": sum(stats.rewards), "length": float(sum(stats.lengths)),
                  "truncated": float(sum(stats.truncated)), "seen": float(stats.groups_seen),
                  "dropped": float(stats.groups_dropped), **{f"reward_{k}": sum(v) for k, v in sorted(stats.parts.items())}}
+        if self.prompts.checks:  # how often the policy verifies its answer, and how often that fixed a wrong one
+            local["checked"] = float(sum(checked for checked, _ in stats.reviews))
+            pairs = zip(stats.reviews, stats.parts["accuracy"])
+            local["fixed"] = float(sum(caught and right == 1.0 for (_, caught), right in pairs))
         for name in per_task:
             local[f"n_{name}"] = float(sum(t == name for t in stats.tasks))
             local[f"accuracy_{name}"] = sum(a for a, t in zip(stats.parts["accuracy"], stats.tasks) if t == name)
@@ -161,6 +165,9 @@ class GRPOStep:
                   "completions_per_s": total["n"] / max(gen_s, 1e-9), "gen_tokens": int(total["length"])}
         if "reward_accuracy" in record:
             record["accuracy"] = record["reward_accuracy"]
+        if self.prompts.checks:
+            record["check_rate"] = total["checked"] / n_all  # share of responses with a check
+            record["fix_rate"] = total["fixed"] / max(total["checked"], 1.0)  # share of checks that caught and fixed a slip
         for name in per_task:
             if total[f"n_{name}"] > 0:
                 record[f"accuracy_{name}"] = total[f"accuracy_{name}"] / total[f"n_{name}"]

@@ -14,6 +14,7 @@ from ..config import ConfigError
 from ..engine import Engine
 from ..rewards import get as get_reward
 from ..rollout import rollout
+from ..tasks.common import review
 from ..tasks.datasets import DATASET_SUFFIXES, dataset_stream
 from ..tokenizer import Tokenizer
 from . import health
@@ -33,6 +34,8 @@ class PromptStream:
         if len(weights) != len(self.names):
             raise ConfigError("grpo.task_weights needs one weight per task in grpo.tasks")
         self.weights, self.seed, self.rank, self.world = weights, seed, rank, world
+        # tasks whose traces may verify their answer: the step records how often responses check (check_rate)
+        self.checks = [n for n in self.names if n in tasks.TASKS and tasks.TASKS[n].check is not None]
         self.knobs = cfg.knobs
         self._make = lambda name, s: (dataset_stream(name, s) if name.endswith(DATASET_SUFFIXES)
                                       else tasks.get(name)(seed=s, split="train", **cfg.knobs.get(name, {})))
@@ -101,6 +104,7 @@ class SampleStats:
     lengths: list[int] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     repetition: list[float] = field(default_factory=list)  # each completion's repeated n-gram share (health)
+    reviews: list[tuple[bool, bool]] = field(default_factory=list)  # each completion's (checked, caught): tasks.common.review
     groups_seen: int = 0
     groups_dropped: int = 0
     rounds: int = 0
@@ -115,6 +119,7 @@ class SampleStats:
         self.lengths += out.lengths
         self.truncated += out.truncated
         self.repetition += [health.repetition(ids) for ids in out.token_ids]
+        self.reviews += [review(text) for text in out.texts]
         self.groups_seen += len(out.problems)
 
 
