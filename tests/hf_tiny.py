@@ -111,3 +111,15 @@ def make_model(folder: Path, family: str, style: str = "chatml", seed: int = 0, 
     model.generation_config.temperature, model.generation_config.top_p, model.generation_config.do_sample = 0.7, 0.8, True
     model.save_pretrained(folder)
     return model.eval()
+
+
+def padded_batch():
+    """Three right-padded rows of random ids: ids, the padding mask, the bool attention mask (B, 1, T, T), the lengths."""
+    torch.manual_seed(1)
+    lengths = [17, 9, 4]
+    T = max(lengths)
+    ids = torch.randint(5, 300, (len(lengths), T))
+    valid = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
+    ids[~valid] = 0
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return ids, valid, causal[None, None] & valid[:, None, None, :], lengths

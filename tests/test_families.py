@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from hf_tiny import make_model
+from hf_tiny import make_model, padded_batch
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,18 +23,6 @@ def family(request, tmp_path_factory):
     return request.param, folder, hf
 
 
-def _padded_batch():
-    """Three right-padded rows: ids, the padding mask, the bool attention mask (B, 1, T, T), positions."""
-    torch.manual_seed(1)
-    lengths = [17, 9, 4]
-    T = max(lengths)
-    ids = torch.randint(5, 300, (len(lengths), T))
-    valid = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
-    ids[~valid] = 0
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    return ids, valid, causal[None, None] & valid[:, None, None, :], lengths
-
-
 def test_logits_equal_transformers_on_a_padded_batch(family):
     import r1lab
 
@@ -42,7 +30,7 @@ def test_logits_equal_transformers_on_a_padded_batch(family):
     model, tokenizer = r1lab.load(folder)
     assert type(model).__name__ == "FamilyLM" and model.config.model_type == name
     assert [type(m).__name__ for m in (model.model.layers[0].self_attn,)] == ["GQAttention"]
-    ids, valid, mask, lengths = _padded_batch()
+    ids, valid, mask, lengths = padded_batch()
     with torch.no_grad():
         ours = model(ids, attn_mask=mask)
         theirs = hf(ids, attention_mask=valid.long()).logits

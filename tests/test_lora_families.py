@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_tiny import make_model
+from hf_tiny import make_model, padded_batch
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -33,18 +33,6 @@ def run(request, tmp_path_factory):
                  "lora.r=4", f"lora.targets={','.join(TARGETS)}"]) == 0
     assert main(["merge", str(root / "sft" / "final"), "--out", str(root / "merged")]) == 0
     return family, root / "base", root / "sft" / "final", root / "merged"
-
-
-def _padded_batch():
-    """Right-padded rows: ids, the padding mask, the bool attention mask (B, 1, T, T), the lengths."""
-    torch.manual_seed(1)
-    lengths = [17, 9, 4]
-    T = max(lengths)
-    ids = torch.randint(5, 300, (len(lengths), T))
-    valid = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
-    ids[~valid] = 0
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    return ids, valid, causal[None, None] & valid[:, None, None, :], lengths
 
 
 def _max_diff(a, b, lengths) -> float:
@@ -93,7 +81,7 @@ def test_peft_loads_the_adapter_with_r1labs_logits(run):
     family, base, adapter, _ = run
     ours_model, _ = r1lab.load(adapter)
     assert type(ours_model).__name__ == "FamilyLM" and ours_model.config.model_type == family
-    ids, valid, mask, lengths = _padded_batch()
+    ids, valid, mask, lengths = padded_batch()
     hf = _hf(base)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -114,7 +102,7 @@ def test_merge_loads_in_transformers_with_the_adapters_logits(run):
     config = json.loads((merged / "config.json").read_text())
     assert config["architectures"] == [json.loads((base / "config.json").read_text())["architectures"][0]]
     assert not any("lora" in n for n in load_file(merged / "model.safetensors"))
-    ids, valid, mask, lengths = _padded_batch()
+    ids, valid, mask, lengths = padded_batch()
     with torch.no_grad():
         ours = r1lab.load(adapter)[0](ids, attn_mask=mask)
         folded = load_model(merged)(ids, attn_mask=mask)

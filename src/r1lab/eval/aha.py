@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import Finding, Stage, _smooth, read_metrics
+from .report import Finding, Stage, plot_steps, read_metrics
 from .stats import fmt_interval, half_width
 
 ZERO, CONTROL = "aha-zero", "aha-control"  # the two GRPO stages; each is compared with the stage it starts from
@@ -108,13 +108,8 @@ def plot_aha(stages: dict[str, Stage], path: Path) -> Path | None:
               ("accuracy", "accuracy (training samples)")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for (key, title), ax in zip(panels, axes):
-        for name, rows in curves:
-            xs = [r["step"] for r in rows if key in r]
-            ys = [r[key] for r in rows if key in r]
-            if xs:
-                line, = ax.plot(xs, ys, alpha=0.3)
-                ax.plot(xs, _smooth(ys), label=name + (" (no checking traces)" if name == CONTROL else ""),
-                        color=line.get_color(), linewidth=2)
+        plot_steps(ax, key, curves, label=lambda name: name + (" (no checking traces)" if name == CONTROL else ""),
+                   alpha=0.3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)

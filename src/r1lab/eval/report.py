@@ -98,12 +98,7 @@ def plot_grpo_curves(stages: list[Stage], path: Path) -> Path | None:
     panels += [("response_length", "mean response length (tokens)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     for (key, title), ax in zip(panels, axes):
-        for name, rows in curves:
-            xs = [r["step"] for r in rows if key in r]
-            ys = [r[key] for r in rows if key in r]
-            if xs:
-                line, = ax.plot(xs, ys, alpha=0.25)
-                ax.plot(xs, _smooth(ys), label=name, color=line.get_color(), linewidth=2)
+        plot_steps(ax, key, curves)
         ax.set_title(title)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
@@ -113,6 +108,16 @@ def plot_grpo_curves(stages: list[Stage], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_steps(ax, key: str, curves: list[tuple[str, list[dict]]], label=lambda name: name, alpha: float = 0.25) -> None:
+    """On `ax`, each run's `key` per GRPO step: thin per step, thick its 5-step moving average, one colour."""
+    for name, rows in curves:
+        xs = [r["step"] for r in rows if key in r]
+        ys = [r[key] for r in rows if key in r]
+        if xs:
+            line, = ax.plot(xs, ys, alpha=alpha)
+            ax.plot(xs, _smooth(ys), label=label(name), color=line.get_color(), linewidth=2)
 
 
 def plot_bars(stages: list[Stage], tasks: list[str], path: Path, title: str, metric: str = "pass1") -> Path | None:
