@@ -1,11 +1,15 @@
 """One GRPO step: r1lab's trainer against TRL's GRPOTrainer, same model, task, rewards and shapes.
 
-One process, one tiny model with random weights (cpu-tiny, tokenizer of 512 trained on the built-in tasks),
-saved once in Hugging Face format; r1lab loads it with r1lab.load, TRL with AutoModelForCausalLM. Both run
-the built-in `addition` task (the same problems, in the same order, rendered with the chat template, so
-the prompts end with "<think>\\n"), rewards accuracy (weight 1) + format (weight 0.2), group size G,
+One process, one model in Hugging Face format: by default cpu-tiny SFT'd on 4-digit addition traces of which
+30% carry a slip (built once, cached in ~/.cache/r1lab/bench; the start of the --to-accuracy race, so rewards
+vary and completions end where a trained model ends them), or with --random a cpu-tiny with random weights.
+r1lab loads it with r1lab.load, TRL with AutoModelForCausalLM. Both run the built-in `addition` task (the same
+problems, in the same order, rendered with the chat template, so the prompts end with "<think>\\n"), rewards
+accuracy (weight 1) + format (weight 0.2), group size G,
 B prompts per step, at most L new tokens, temperature 1, fp32, CPU, one optimizer step per batch of
-B*G completions (no KL term, one policy update per generation: beta=0, mu=num_iterations=1).
+B*G completions (no KL term, one policy update per generation: beta=0, mu=num_iterations=1). r1lab's other
+GRPO settings are its defaults (rows with zero advantage skip the update, rows are packed), except dynamic
+sampling, off so that both sample exactly B*G completions per step.
 
   r1lab: the trainer's own GRPOStep: engine.refresh + collect (engine sampling with continuous batching, reward
          scoring), group advantages, policy_batch, one train_step (forward/backward on the B*G rows, clip, AdamW).
@@ -18,13 +22,14 @@ B*G completions (no KL term, one policy update per generation: beta=0, mu=num_it
 Each side runs one warm-up step first (untimed), then --steps timed steps, the two sides' timed steps
 alternating (r1lab's step i runs from TRL's callback right before TRL's step i), so that the load from other
 programs on a shared machine falls on both alike; rates are totals over the timed steps. Completions may
-end early at EOS on both sides (random weights: about 1 token in vocab_size; transformers' generate has no
+end early at EOS on both sides (with random weights about 1 token in vocab_size; transformers' generate has no
 per-request forcing that r1lab's collect shares), so the report gives completions/s and generated
 tokens/s (EOS counted, as both trainers train on it).
 
     pip install trl datasets accelerate      # the peer (not an r1lab dependency)
     python bench/grpo.py                      # G=8, B=8, L=64, 2 timed steps: about 40 s on 2 cores
-    python bench/grpo.py --max-tokens 128 --steps 3
+    python bench/grpo.py --prompts 16 --max-tokens 128 --steps 3     # the speedrun's shapes
+    python bench/grpo.py --to-accuracy        # time to 90% held-out pass@1 (bench/grpo_accuracy.py)
 
 Prints a table, then as the last line one JSON object ("ratio": r1lab completions/s over TRL's).
 """
@@ -171,28 +176,21 @@ def trl_rewards() -> tuple[list, list[float]]:
     return [wrap(name) for name in REWARDS], list(REWARDS.values())
 
 
-def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing, str]:
-    """TRL's steps 0 (warm-up) .. args.steps, calling before(i) ahead of timed step i."""
-    import datasets
-    import transformers
-    import trl
+def trl_rows(problems: list[dict]) -> list[dict]:
+    """TRL's dataset rows: the rendered chat prompt (ending "<think>\\n") and the reward columns."""
     from r1lab.rewards import columns_of
-    from r1lab.tokenizer import Tokenizer, render_chat
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from r1lab.tokenizer import render_chat
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices inside TRL
-    datasets.disable_progress_bars()
-    B, G = args.prompts, args.group_size
-    problems = problems_in_order(args, B * (1 + args.steps))
     columns = columns_of(problems)
-    rows = [{"prompt": render_chat([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True),
+    return [{"prompt": render_chat([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True),
              **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(problems)]
-    dataset = datasets.Dataset.from_list(rows)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    # TRL tokenizes a string prompt with the tokenizer's defaults: it must give r1lab's exact prompt ids
+
+
+def check_trl_prompts(tokenizer, folder: Path, rows: list[dict], problems: list[dict]) -> None:
+    """TRL tokenizes a string prompt with the tokenizer's defaults: it must give r1lab's exact prompt ids, and
+    its decoding must keep the think tags the rewards read."""
+    from r1lab.tokenizer import Tokenizer
+
     ours = Tokenizer.load(folder)
     for row, problem in zip(rows, problems):
         expected = ours.apply_chat_template([{"role": "user", "content": problem["prompt"]}], add_generation_prompt=True)
@@ -201,6 +199,26 @@ def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing
     sample = "<think>\n1+1=2\n</think>\nThe answer is \\boxed{2}."
     if tokenizer.decode(tokenizer(text=sample)["input_ids"], skip_special_tokens=True) != sample:
         raise RuntimeError("TRL's decoding would not round-trip the think tags")
+
+
+def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing, str]:
+    """TRL's steps 0 (warm-up) .. args.steps, calling before(i) ahead of timed step i."""
+    import datasets
+    import transformers
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices inside TRL
+    datasets.disable_progress_bars()
+    B, G = args.prompts, args.group_size
+    problems = problems_in_order(args, B * (1 + args.steps))
+    rows = trl_rows(problems)
+    dataset = datasets.Dataset.from_list(rows)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    check_trl_prompts(tokenizer, folder, rows, problems)
     funcs, weights = trl_rewards()
     config = trl.GRPOConfig(
         output_dir=str(folder.parent / "trl_run"), num_generations=G, per_device_train_batch_size=B * G,
@@ -260,17 +278,44 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="L: max completion length")
     p.add_argument("--steps", type=int, default=2, help="timed steps per side, after one warm-up step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random", action="store_true",
+                   help="start from random weights (rewards all 0: r1lab's update then skips every row) instead of "
+                        "the 30%%-slip SFT model the --to-accuracy race starts from")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default 1: the machine is small and shared, and a "
                         "multi-threaded op waits for a free core)")
+    race = p.add_argument_group("--to-accuracy: wall time until held-out pass@1 reaches --target (bench/grpo_accuracy.py)")
+    race.add_argument("--to-accuracy", action="store_true",
+                      help="race both trainers from the 30%%-slip SFT model to --target (defaults: B=16, L=128)")
+    race.add_argument("--target", type=float, default=0.9)
+    race.add_argument("--lr-r1lab", type=float, default=5e-5, help="r1lab's learning rate (constant)")
+    race.add_argument("--lr-trl", type=float, default=5e-5, help="TRL's learning rate (constant)")
+    race.add_argument("--eval-every", type=int, default=5, help="steps between held-out evaluations (untimed)")
+    race.add_argument("--eval-problems", type=int, default=200)
+    race.add_argument("--eval-k", type=int, default=2, help="samples per problem for pass@1")
+    race.add_argument("--max-minutes", type=float, default=15.0, help="each side's budget of step wall time")
+    race.add_argument("--checkpoint", help="start from this checkpoint instead of the cached slip SFT model")
+    race.add_argument("--plot", default="runs/bench/grpo_to_accuracy.png", help="PNG of pass@1 against wall time")
     args = p.parse_args()
+    if args.to_accuracy:
+        import grpo_accuracy
+
+        if "--prompts" not in sys.argv:
+            args.prompts = 16
+        if "--max-tokens" not in sys.argv:
+            args.max_tokens = 128
+        return grpo_accuracy.main(args, sys.modules[__name__])
     torch.set_num_threads(args.threads)
     B, G, L = args.prompts, args.group_size, args.max_tokens
-    print(f"GRPO step bench: cpu-tiny (random weights), task {TASK}, G={G}, B={B}, L={L}, temperature 1, fp32, CPU, "
+    start = "random weights" if args.random else "the 30%-slip SFT model"
+    print(f"GRPO step bench: cpu-tiny ({start}), task {TASK}, G={G}, B={B}, L={L}, temperature 1, fp32, CPU, "
           f"torch threads {args.threads} (set for both; the machine is shared, timings are noisy), "
           f"1 warm-up + {args.steps} timed steps each", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_checkpoint(Path(tmp) / "model", args.seed)
+        import grpo_accuracy
+
+        folder = make_checkpoint(Path(tmp) / "model", args.seed) if args.random else \
+            grpo_accuracy.slip_checkpoint(args.checkpoint)
         r1lab_step, ours = r1lab_stepper(folder, args)
         r1lab_step(0)  # warm-up; the timed steps alternate with TRL's, r1lab's first
         theirs, trl_version = bench_trl(folder, args, r1lab_step)

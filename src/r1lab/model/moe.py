@@ -86,13 +86,10 @@ class MoE(nn.Module):
         # dispatch: sort the (token, slot) pairs by expert so each expert sees one contiguous slice
         order = experts.flatten().argsort(stable=True)
         token_of = order // k
-        routed_in = flat[token_of]
-        outs = []
-        start = 0
-        for e, n in enumerate(counts.tolist()):
-            if n:
-                outs.append(self.experts[e](routed_in[start:start + n]))
-                start += n
+        # split, not slices: the backward of E slices adds E zero-filled copies of routed_in's gradient, a
+        # split's backward is one cat (the same values: x + 0)
+        pieces = flat[token_of].split(counts.tolist())
+        outs = [self.experts[e](piece) for e, piece in enumerate(pieces) if len(piece)]
         routed_out = torch.cat(outs) * weights.flatten()[order, None].to(flat.dtype)
         out = torch.zeros_like(flat).index_add_(0, token_of, routed_out)
         if self.shared_experts is not None:

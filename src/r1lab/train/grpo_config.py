@@ -32,10 +32,9 @@ class GRPOSection:
     max_sampling_rounds: int = 4  # tries to fill the batch with informative groups
     time_limit_s: float = 0.0  # stop (and save) after this much wall time, even before max_steps (0: no limit)
     micro_batch_size: int = 64  # completions per forward/backward
-    # exact up to float summation order (tests/test_grpo_exact.py: gradients within 1e-5 of the padded update);
-    # off by default until a speedrun measures them, since summation order changes the speedrun's bytes
-    skip_zero_advantage: bool = False  # beta = 0: rows with advantage 0 (no gradient) skip the forward/backward
-    pack: bool = False  # lay a micro-batch's rows end to end (block-diagonal attention) instead of padding each
+    # exact up to float summation order (tests/test_grpo_exact.py: gradients within 1e-5 of the padded update)
+    skip_zero_advantage: bool = True  # beta = 0: rows with advantage 0 (no gradient) skip the forward/backward
+    pack: bool = True  # lay a micro-batch's rows end to end (block-diagonal attention) instead of padding each
     samples_every: int = 10  # write a few completions to samples.jsonl every N steps
     samples_per_log: int = 4
     stop_on: str = ""  # health signs that stop (and save) the run, e.g. "truncation,kl_spike" or "any" (train/health.py)
