@@ -158,18 +158,6 @@ def test_quick_first_pass_states_the_answer_and_the_check_works_it_out():
     assert DataConfig(quick=True).quick and TaskMixture(DataConfig(tasks="addition", check=0.2, quick=True), seed=0)[0]
 
 
-def test_check_compares_the_two_answers_digit_by_digit():
-    from r1lab.tasks.arithmetic import compare_line
-    assert compare_line("6210", "6200") == "Compare: 0 0 same, 1 0 differ, 2 2 same, 6 6 same."
-    assert compare_line("999", "1000") == "Compare: 9 0 differ, 9 0 differ, 9 0 differ, 0 1 differ."
-    rows = tasks.sample("addition", 100, seed=4, noise=0.3, quick=True, check=1.0)
-    for row in rows:
-        lines = row["reference_trace"].split("\n")
-        verdict, compare = lines[-3], lines[-4]
-        assert compare.startswith("Compare: ") and ("differ" in compare) == row["caught"]
-        assert (verdict == "It matches.") != row["caught"]
-
-
 def test_quick_holds_without_checks():
     # the aha control (quick first pass, no checking traces) must not train on the full working
     rows = [TaskMixture(DataConfig(tasks="addition", noise=0.3, quick=True), seed=0)[i] for i in range(50)]

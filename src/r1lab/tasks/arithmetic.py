@@ -25,7 +25,6 @@ the trace works the sum again, carefully (no slip), and compares:
     1+9=10, write 0 carry 1
     ...
     So 4821 + 1379 = 6200.
-    Compare: 0 0 same, 1 0 differ, 2 2 same, 6 6 same.
     6200 is not 6210, wait. 2+7+1=10, not 11, so 4821 + 1379 = 6200.
 
 (or "It matches." when the two agree); the boxed answer is the checked one. With `quick` the first pass is
@@ -87,22 +86,12 @@ def solve_addition(data: tuple[int, int], slip: Slip | None = None, misconceptio
     return Solution(steps, str(result), touched)
 
 
-def compare_line(first: str, again: str) -> str:
-    """The two answers compared digit by digit, units first: the first answer's digit, the checked one's, and
-    "same" or "differ" ("Compare: 0 0 same, 1 0 differ, 2 2 same, 6 6 same."), so each verdict reads the two
-    digits just written instead of comparing two whole numbers lines apart."""
-    width = max(len(first), len(again))
-    pairs = zip(reversed(first.zfill(width)), reversed(again.zfill(width)))
-    return "Compare: " + ", ".join(f"{x} {y} {'same' if x == y else 'differ'}" for x, y in pairs) + "."
-
-
 def check_addition(data: tuple[int, int], first: Solution) -> Solution:
-    """`first` (the first pass, maybe slipped) followed by a careful second pass, the two answers compared
-    digit by digit (compare_line), and on a mismatch "wait", the first step that went wrong with its right
-    value, and the fixed answer."""
+    """`first` (the first pass, maybe slipped) followed by a careful second pass; on a mismatch, "wait", the
+    first step that went wrong with its right value, and the fixed answer."""
     a, b = data
     again = solve_addition((a, b))
-    steps = [*first.steps, CHECK_MARKER, *again.steps, compare_line(first.boxed, again.boxed)]
+    steps = [*first.steps, CHECK_MARKER, *again.steps]
     if again.boxed == first.boxed:
         return Solution([*steps, "It matches."], again.boxed, first.touched)
     wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
