@@ -156,3 +156,9 @@ def test_quick_first_pass_states_the_answer_and_the_check_works_it_out():
     fix = next(r for r in checked if r["caught"])["reference_trace"].split("\n")[-3]
     assert fix.endswith(", wait. So " + fix.split(", wait. So ")[1]) and "not" in fix
     assert DataConfig(quick=True).quick and TaskMixture(DataConfig(tasks="addition", check=0.2, quick=True), seed=0)[0]
+
+
+def test_quick_holds_without_checks():
+    # the aha control (quick first pass, no checking traces) must not train on the full working
+    rows = [TaskMixture(DataConfig(tasks="addition", noise=0.3, quick=True), seed=0)[i] for i in range(50)]
+    assert all(r["reference_trace"].count("\n") == 3 and "Check:" not in r["reference_trace"] for r in rows)

@@ -78,9 +78,10 @@ class TaskMixture:
         self._chunk = lru_cache(maxsize=4)(self._make_chunk)
 
     def _generator(self, name: str, seed: int):
-        check = {"check": self.cfg.check, "quick": self.cfg.quick} if name in self.checks else {}
+        # quick holds with or without checks: the aha control (quick, no check) must not get the full working
+        check = {"check": self.cfg.check} if name in self.checks else {}
         return tasks.get(name)(seed=seed, split=self.split, noise=self.cfg.noise, noise_kind=self.cfg.noise_kind,
-                               **check, **self.cfg.knobs.get(name, {}))
+                               quick=self.cfg.quick, **check, **self.cfg.knobs.get(name, {}))
 
     def _make_chunk(self, c: int) -> list[dict]:
         rng = random.Random(f"mixture:{self.seed}:{c}")
