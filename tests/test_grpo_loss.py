@@ -17,6 +17,16 @@ def test_grpo_advantages_by_hand():
     assert torch.equal(group_advantages(r, 4, "grpo")[4:], torch.zeros(4))
 
 
+@pytest.mark.parametrize("scale", ["grpo", "dr_grpo"])
+@pytest.mark.parametrize("value", [0.2, 1.2, 0.7, 1 / 3])
+def test_a_group_of_equal_rewards_has_advantage_exactly_zero(scale, value):
+    # format-only (0.2) and all-correct (1.2) groups: their float mean is not the value itself, and the
+    # rounding used to come out as advantages of ~1e-4 that skip_zero_advantage could not see
+    r = torch.tensor([value] * 8 + [1.2, 0.2] * 4, dtype=torch.float64)
+    adv = group_advantages(r, 8, scale)
+    assert torch.equal(adv[:8], torch.zeros(8)) and bool((adv[8:] != 0).all())
+
+
 def test_dr_grpo_advantages_are_centred_only():
     r = torch.tensor([3.0, 1.0, 0.0, 0.0])
     assert torch.allclose(group_advantages(r, 2, "dr_grpo"), torch.tensor([1.0, -1.0, 0.0, 0.0]))

@@ -27,11 +27,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "grpo"
     grouped = rewards.view(-1, group_size).float()
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scale == "grpo":
-        # sample std, as TRL computes it; groups with equal rewards get advantage 0 either way
-        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)  # sample std, as TRL computes it
     elif scale != "dr_grpo":
         raise ValueError(f"advantage scale must be 'grpo' or 'dr_grpo', got {scale!r}")
-    return centred.view(-1)
+    # a group of equal rewards has advantage exactly 0 (the float mean of eight 0.2s is not 0.2: their
+    # advantages came out ~1e-4, a gradient of rounding noise, and such rows escaped skip_zero_advantage)
+    same = (grouped.amax(dim=1) - grouped.amin(dim=1)) < 1e-9  # collect's dynamic sampling uses the same test
+    return centred.masked_fill(same[:, None], 0.0).view(-1)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
