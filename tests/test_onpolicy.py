@@ -45,7 +45,7 @@ def one_step_gradient(student: TwoTokens, teacher: TwoTokens) -> torch.Tensor:
     batch = policy_batch(Rollouts([[0], [0]], [[0], [1]], [0.0, 0.0], [False, False]), torch.zeros(2), 0, False)
     batch.old_logp = student_logp
     batch.advantages = reverse_kl_advantages(student_logp, teacher_logp, batch.target_mask)
-    loss, _ = make_loss_fn(GRPOSection(loss="dapo"), 2, 2)(student, batch)
+    loss, _ = make_loss_fn(GRPOSection(loss="dapo", pack=False), 2, 2)(student, batch)  # the toy has no positions
     student.zero_grad()
     loss.backward()
     return student.logits.grad.clone(), batch.advantages
