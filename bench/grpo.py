@@ -48,6 +48,8 @@ from typing import Callable
 
 import torch
 
+import grpo_accuracy  # the --to-accuracy race, and the cached start both modes use (this folder is on sys.path)
+
 TASK = "addition"
 REWARDS = {"accuracy": 1.0, "format": 0.2}  # r1lab's default GRPO rewards and weights
 LR = 5e-5  # the cpu-tiny GRPO preset's; at 5e-4 one step wrecks the SFT model (accuracy 60% -> 0%)
@@ -124,24 +126,31 @@ def problems_in_order(args, n: int) -> list[dict]:
 
 # ---------------------------------------------------------------- r1lab
 
+def r1lab_grpo_step(folder: Path, run_dir: Path, gc, tc):
+    """r1lab's own GRPOStep (the function `r1lab grpo`'s loop calls) on the checkpoint `folder`, in one process,
+    without the loop's logging and checkpointing; its prompt stream is seeded with tc.seed."""
+    import r1lab
+    from r1lab.train.dist import Dist, RunState
+    from r1lab.train.grpo import GRPOStep, PromptStream
+    from r1lab.train.loop import Trainer
+
+    run = RunState(run_dir, Dist(), tc)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = r1lab.load(folder)
+    return GRPOStep(Trainer.build(run, model, tokenizer), gc, PromptStream(gc, tc.seed))
+
+
 def r1lab_stepper(folder: Path, args) -> tuple[Callable[[int], None], Timing]:
     """A function running r1lab's GRPO step number i (step 0 is the untimed warm-up), and its Timing. The
     step is the trainer's own `GRPOStep` (the function `r1lab grpo`'s loop calls), on one process,
     without the loop's logging and checkpointing."""
-    import r1lab
     from r1lab.config import TrainConfig
-    from r1lab.train.dist import Dist, RunState
-    from r1lab.train.grpo import GRPOStep, PromptStream
-    from r1lab.train.loop import Trainer
 
     gc = grpo_section(args)
     # min_lr_ratio 1: a constant learning rate, as TRL's is here
     tc = TrainConfig(max_steps=1 + args.steps, lr=LR, weight_decay=0.0, grad_clip=1.0, warmup_steps=0, min_lr_ratio=1.0,
                      seed=args.seed, device="cpu")
-    run = RunState(folder.parent / "r1lab_run", Dist(), tc)
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = r1lab.load(folder)
-    grpo_step = GRPOStep(Trainer.build(run, model, tokenizer), gc, PromptStream(gc, args.seed))
+    grpo_step = r1lab_grpo_step(folder, folder.parent / "r1lab_run", gc, tc)
     timing = Timing()
 
     def step(i: int) -> None:
@@ -201,33 +210,41 @@ def check_trl_prompts(tokenizer, folder: Path, rows: list[dict], problems: list[
         raise RuntimeError("TRL's decoding would not round-trip the think tags")
 
 
-def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing, str]:
-    """TRL's steps 0 (warm-up) .. args.steps, calling before(i) ahead of timed step i."""
+def trl_grpo(folder: Path, out_dir: Path, problems: list[dict], args, callback, **options):
+    """TRL's GRPOTrainer on `folder` over `problems` in order, with what both benches share: G completions per
+    prompt, the B*G completions of a step in one micro-batch, at most L new tokens, temperature 1, r1lab's rewards
+    and weights, a constant learning rate, fp32 on CPU; `options` (learning_rate, max_steps, ...) go to GRPOConfig."""
     import datasets
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices inside TRL
     datasets.disable_progress_bars()
-    B, G = args.prompts, args.group_size
-    problems = problems_in_order(args, B * (1 + args.steps))
     rows = trl_rows(problems)
-    dataset = datasets.Dataset.from_list(rows)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    check_trl_prompts(tokenizer, folder, rows, problems)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    check_trl_prompts(tokenizer, folder, rows[:200], problems[:200])
     funcs, weights = trl_rewards()
+    B, G = args.prompts, args.group_size
     config = trl.GRPOConfig(
-        output_dir=str(folder.parent / "trl_run"), num_generations=G, per_device_train_batch_size=B * G,
-        gradient_accumulation_steps=1, generation_batch_size=B * G, max_completion_length=args.max_tokens,
-        temperature=1.0, beta=0.0, num_iterations=1, loss_type="grpo", scale_rewards="group",
-        reward_weights=weights, learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=1, report_to="none", use_cpu=True, bf16=False, max_steps=1 + args.steps, save_strategy="no",
-        shuffle_dataset=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0)
+        output_dir=str(out_dir), num_generations=G, per_device_train_batch_size=B * G, gradient_accumulation_steps=1,
+        generation_batch_size=B * G, max_completion_length=args.max_tokens, temperature=1.0, reward_weights=weights,
+        lr_scheduler_type="constant", logging_steps=1, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
+        shuffle_dataset=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0, **options)
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=datasets.Dataset.from_list(rows),
+                              processing_class=tokenizer, callbacks=[callback])
+    trainer.remove_callback(transformers.PrinterCallback)  # our own lines say what each step did
+    return trainer
 
+
+def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing, str]:
+    """TRL's steps 0 (warm-up) .. args.steps, calling before(i) ahead of timed step i."""
+    import trl
+    from transformers import TrainerCallback
+
+    B, G = args.prompts, args.group_size
     timing, begun, sampled = Timing(), [0.0, 0.0], []
 
     class Clock(TrainerCallback):
@@ -250,9 +267,10 @@ def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing
             if i > 0:
                 timing.add(wall, cpu, sample_s, n, tokens)
 
-    trainer = trl.GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[Clock()])
-    trainer.remove_callback(transformers.PrinterCallback)  # our own lines say what each step did
+    # TRL's gradient checkpointing stays at its default (on) here; the --to-accuracy race turns it off
+    trainer = trl_grpo(folder, folder.parent / "trl_run", problems_in_order(args, B * (1 + args.steps)), args, Clock(),
+                       beta=0.0, num_iterations=1, loss_type="grpo", scale_rewards="group", learning_rate=LR,
+                       weight_decay=0.0, max_grad_norm=1.0, max_steps=1 + args.steps)
     # for the breakdown only: time TRL's own sampling + scoring stage (generate, decode, rewards, advantages)
     stage = getattr(trainer, "_generate_and_score_completions", None)
     if stage is not None:
@@ -299,8 +317,6 @@ def main() -> int:
     race.add_argument("--plot", default="runs/bench/grpo_to_accuracy.png", help="PNG of pass@1 against wall time")
     args = p.parse_args()
     if args.to_accuracy:
-        import grpo_accuracy
-
         if "--prompts" not in sys.argv:
             args.prompts = 16
         if "--max-tokens" not in sys.argv:
@@ -313,8 +329,6 @@ def main() -> int:
           f"torch threads {args.threads} (set for both; the machine is shared, timings are noisy), "
           f"1 warm-up + {args.steps} timed steps each", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        import grpo_accuracy
-
         folder = make_checkpoint(Path(tmp) / "model", args.seed) if args.random else \
             grpo_accuracy.slip_checkpoint(args.checkpoint)
         r1lab_step, ours = r1lab_stepper(folder, args)

@@ -113,14 +113,10 @@ class Judge:
 
 def run(args, bench) -> dict:
     """The race; `bench` is bench/grpo.py (its TRL set-up and rewards)."""
-    import datasets
-    import r1lab
     import transformers
     import trl
     from r1lab.config import build
-    from r1lab.train.dist import Dist, RunState
-    from r1lab.train.grpo import GRPOConfig, GRPOStep, PRESETS, PromptStream
-    from r1lab.train.loop import Trainer
+    from r1lab.train.grpo import GRPOConfig, PRESETS, PromptStream
 
     start = slip_checkpoint(args.checkpoint)
     judge = Judge(start, args.eval_problems, args.eval_k, args.max_tokens)
@@ -134,10 +130,8 @@ def run(args, bench) -> dict:
         "grpo.tasks=addition", "grpo.knobs={addition: {digits: 4}}", f"grpo.group_size={G}", f"grpo.prompts_per_step={B}",
         f"grpo.max_new_tokens={L}", f"lr={args.lr_r1lab}", "warmup_steps=0", "min_lr_ratio=1.0", "max_steps=100000",
         f"seed={args.seed}", "device=cpu"])
-    run_state = RunState(tmp / "r1lab_run", Dist(), cfg.train)
-    run_state.out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = r1lab.load(str(start))
-    stepper = GRPOStep(Trainer.build(run_state, model, tokenizer), cfg.grpo, PromptStream(cfg.grpo, args.seed))
+    stepper = bench.r1lab_grpo_step(start, tmp / "r1lab_run", cfg.grpo, cfg.train)
+    model, tokenizer = stepper.trainer.model, stepper.trainer.tokenizer
 
     def r1lab_step() -> None:
         if ours.done(budget):
@@ -148,7 +142,7 @@ def run(args, bench) -> dict:
         ours.steps += 1
         ours.completions += record["groups_seen"] * G
         if ours.steps % args.eval_every == 0:
-            ours.record(judge(stepper.trainer.model, tokenizer), args.target)
+            ours.record(judge(model, tokenizer), args.target)
 
     print(f"GRPO to {100 * args.target:.0f}% pass@1: G={G}, B={B}, L={L}, lr r1lab {args.lr_r1lab:g} / TRL "
           f"{args.lr_trl:g}, eval every {args.eval_every} steps on {args.eval_problems} problems x {args.eval_k} "
@@ -160,21 +154,6 @@ def run(args, bench) -> dict:
 
     # TRL: the same prompts from r1lab's stream (r1lab may draw more: dynamic sampling)
     problems = [p for _, p in PromptStream(cfg.grpo, args.seed).take(B * 1000)]
-    columns_rows = bench.trl_rows(problems)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
-    hf_tok = transformers.AutoTokenizer.from_pretrained(start)
-    bench.check_trl_prompts(hf_tok, start, columns_rows[:200], problems[:200])
-    funcs, weights = bench.trl_rewards()
-    config = trl.GRPOConfig(
-        output_dir=str(tmp / "trl_run"), num_generations=G, per_device_train_batch_size=B * G,
-        gradient_accumulation_steps=1, generation_batch_size=B * G, max_completion_length=L, temperature=1.0,
-        reward_weights=weights, learning_rate=args.lr_trl, lr_scheduler_type="constant", warmup_steps=0,
-        gradient_checkpointing=False, logging_steps=1, report_to="none", use_cpu=True, bf16=False,
-        max_steps=100000, save_strategy="no", shuffle_dataset=False, seed=args.seed, disable_tqdm=True,
-        dataloader_num_workers=0)
     begun = [0.0]
 
     class Race(transformers.TrainerCallback):
@@ -191,10 +170,9 @@ def run(args, bench) -> dict:
             if theirs.done(budget):
                 control.should_training_stop = True
 
-    trainer = trl.GRPOTrainer(model=hf, reward_funcs=funcs, args=config,
-                              train_dataset=datasets.Dataset.from_list(columns_rows), processing_class=hf_tok,
-                              callbacks=[Race()])
-    trainer.remove_callback(transformers.PrinterCallback)
+    # TRL's defaults otherwise (loss dapo, scale_rewards group, beta 0, one iteration)
+    trainer = bench.trl_grpo(start, tmp / "trl_run", problems, args, Race(), learning_rate=args.lr_trl, warmup_steps=0,
+                             gradient_checkpointing=False, max_steps=100000)
     trainer.train()
     while not ours.done(budget):  # TRL got there (or ran out) first
         r1lab_step()

@@ -155,7 +155,7 @@ def collect(engine: Engine, tokenizer: Tokenizer, prompts: PromptStream, scorer,
         stats.record(out, totals, scores.parts)
         for g in range(len(problems)):
             group = out.group(g)
-            if cfg.dynamic_sampling and max(totals[group]) - min(totals[group]) < 1e-9:
+            if cfg.dynamic_sampling and max(totals[group]) - min(totals[group]) < health.REWARD_TIE:
                 stats.groups_dropped += 1
             elif len(kept.rewards) < n_local * group_size:
                 kept.add(out.prompt_ids[g], out.token_ids[group], totals[group], out.truncated[group], out.logprobs[group])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .grpo_config import GRPOSection
+from .health import REWARD_TIE
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "grpo", eps: float = 1e-4) -> torch.Tensor:
@@ -32,7 +33,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "grpo"
         raise ValueError(f"advantage scale must be 'grpo' or 'dr_grpo', got {scale!r}")
     # a group of equal rewards has advantage exactly 0 (the float mean of eight 0.2s is not 0.2: their
     # advantages came out ~1e-4, a gradient of rounding noise, and such rows escaped skip_zero_advantage)
-    same = (grouped.amax(dim=1) - grouped.amin(dim=1)) < 1e-9  # collect's dynamic sampling uses the same test
+    same = (grouped.amax(dim=1) - grouped.amin(dim=1)) < REWARD_TIE
     return centred.masked_fill(same[:, None], 0.0).view(-1)
 
 

@@ -59,10 +59,15 @@ def looping_share(repetitions: Sequence[float]) -> float:
     return sum(r >= LOOP_SHARE for r in repetitions) / len(repetitions) if repetitions else 0.0
 
 
+# rewards closer than this are equal: a group of them carries no signal (dynamic sampling drops it, its
+# advantages are exactly 0, and it counts here)
+REWARD_TIE = 1e-9
+
+
 def zero_signal_share(rewards: Sequence[float], group_size: int) -> float:
     """Share of groups (consecutive group_size rewards) whose rewards are all equal."""
     groups = [rewards[i:i + group_size] for i in range(0, len(rewards) - group_size + 1, group_size)]
-    return sum(max(g) - min(g) < 1e-9 for g in groups) / len(groups) if groups else 0.0
+    return sum(max(g) - min(g) < REWARD_TIE for g in groups) / len(groups) if groups else 0.0
 
 
 def _mean(values: list[float]) -> float | None:
