@@ -113,8 +113,7 @@ def grpo_section(args):
     # up to 4 times; TRL has no such filter, so both take exactly B*G completions per step
     return GRPOSection(tasks=TASK, group_size=args.group_size, prompts_per_step=args.prompts,
                        max_new_tokens=args.max_tokens, temperature=1.0, rewards=dict(REWARDS), loss="grpo",
-                       advantage="grpo", mu=1, beta=0.0, dynamic_sampling=False,
-                       micro_batch_size=args.prompts * args.group_size)
+                       advantage="grpo", mu=1, beta=0.0, dynamic_sampling=False)
 
 
 def problems_in_order(args, n: int) -> list[dict]:
@@ -212,8 +211,10 @@ def check_trl_prompts(tokenizer, folder: Path, rows: list[dict], problems: list[
 
 def trl_grpo(folder: Path, out_dir: Path, problems: list[dict], args, callback, **options):
     """TRL's GRPOTrainer on `folder` over `problems` in order, with what both benches share: G completions per
-    prompt, the B*G completions of a step in one micro-batch, at most L new tokens, temperature 1, r1lab's rewards
-    and weights, a constant learning rate, fp32 on CPU; `options` (learning_rate, max_steps, ...) go to GRPOConfig."""
+    prompt, the B*G completions of a step generated at once and trained in micro-batches of --trl-micro rows
+    (gradient accumulation), at most L new tokens, temperature 1, r1lab's rewards and weights, a constant learning
+    rate, fp32 on CPU, gradient checkpointing off (its default is on: it only costs time here); `options`
+    (learning_rate, max_steps, ...) go to GRPOConfig."""
     import datasets
     import transformers
     import trl
@@ -228,9 +229,13 @@ def trl_grpo(folder: Path, out_dir: Path, problems: list[dict], args, callback, 
     check_trl_prompts(tokenizer, folder, rows[:200], problems[:200])
     funcs, weights = trl_rewards()
     B, G = args.prompts, args.group_size
+    micro = min(args.trl_micro, B * G)
+    if (B * G) % micro:
+        raise SystemExit(f"--trl-micro {micro} must divide B*G = {B * G}")
     config = trl.GRPOConfig(
-        output_dir=str(out_dir), num_generations=G, per_device_train_batch_size=B * G, gradient_accumulation_steps=1,
-        generation_batch_size=B * G, max_completion_length=args.max_tokens, temperature=1.0, reward_weights=weights,
+        output_dir=str(out_dir), num_generations=G, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=B * G // micro, generation_batch_size=B * G, gradient_checkpointing=False,
+        max_completion_length=args.max_tokens, temperature=1.0, reward_weights=weights,
         lr_scheduler_type="constant", logging_steps=1, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
         shuffle_dataset=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0, **options)
     trainer = trl.GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=datasets.Dataset.from_list(rows),
@@ -267,7 +272,6 @@ def bench_trl(folder: Path, args, before: Callable[[int], None]) -> tuple[Timing
             if i > 0:
                 timing.add(wall, cpu, sample_s, n, tokens)
 
-    # TRL's gradient checkpointing stays at its default (on) here; the --to-accuracy race turns it off
     trainer = trl_grpo(folder, folder.parent / "trl_run", problems_in_order(args, B * (1 + args.steps)), args, Clock(),
                        beta=0.0, num_iterations=1, loss_type="grpo", scale_rewards="group", learning_rate=LR,
                        weight_decay=0.0, max_grad_norm=1.0, max_steps=1 + args.steps)
@@ -299,6 +303,9 @@ def main() -> int:
     p.add_argument("--random", action="store_true",
                    help="start from random weights (rewards all 0: r1lab's update then skips every row) instead of "
                         "the 30%%-slip SFT model the --to-accuracy race starts from")
+    p.add_argument("--trl-micro", type=int, default=128,
+                   help="TRL's rows per forward/backward (per_device_train_batch_size; gradient accumulation over the "
+                        "B*G rows of a step); r1lab runs its default grpo.micro_batch_size")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default 1: the machine is small and shared, and a "
                         "multi-threaded op waits for a free core)")

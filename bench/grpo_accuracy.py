@@ -172,7 +172,7 @@ def run(args, bench) -> dict:
 
     # TRL's defaults otherwise (loss dapo, scale_rewards group, beta 0, one iteration)
     trainer = bench.trl_grpo(start, tmp / "trl_run", problems, args, Race(), learning_rate=args.lr_trl, warmup_steps=0,
-                             gradient_checkpointing=False, max_steps=100000)
+                             max_steps=100000)
     trainer.train()
     while not ours.done(budget):  # TRL got there (or ran out) first
         r1lab_step()

@@ -1,12 +1,13 @@
 """GRPO's update does only useful work and leaves the gradient what the plain padded update gives: rows with
-zero advantage skipped (beta = 0), and rows packed end to end with block-diagonal attention."""
+zero advantage skipped (beta = 0), rows packed end to end with block-diagonal attention, and micro-batches of
+rows of similar length, each cut to its own width."""
 import pytest
 import torch
 
 from conftest import tiny_config
 from r1lab.model import Transformer
 from r1lab.train.grpo_config import GRPOSection
-from r1lab.train.grpo_loss import PolicyBatch, make_loss_fn, pack_rows, token_logp
+from r1lab.train.grpo_loss import PolicyBatch, fill_logp, make_loss_fn, pack_rows, token_logp
 
 
 def _batch(seed: int = 0) -> PolicyBatch:
@@ -88,3 +89,29 @@ def test_packed_logp_matches_padded():
         packed, _ = token_logp(model, batch.input_ids, batch.target_mask, 0.7, pack=True)
     assert torch.allclose(plain, packed, atol=1e-5)
     assert torch.equal(packed == 0, batch.target_mask == 0)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "dr_grpo", "dapo"])
+def test_micro_batches_by_length_leave_the_gradient(loss):
+    model, batch = _model(), _batch(3)
+    batch.advantages = torch.linspace(-1.0, 1.0, 8)
+    cfg = GRPOSection(loss=loss, micro_batch_size=3, pack=False)
+    plain = _grads(model, GRPOSection(loss=loss, micro_batch_size=8, pack=False), batch, 8, batch.n_targets)
+    micro = batch.micro_batches(cfg.micro_batch_size)
+    widths = [b.input_ids.shape[1] for b in micro]
+    assert [len(b.advantages) for b in micro] == [3, 3, 2] and widths == sorted(widths)
+    assert widths[0] < batch.input_ids.shape[1]  # the short rows' micro-batch is narrower
+    model.zero_grad()
+    loss_fn = make_loss_fn(cfg, 8, batch.n_targets)
+    for b in micro:
+        loss_fn(model, b)[0].backward()
+    by_length = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert plain.norm() > 0 and _rel(by_length, plain) <= 1e-5
+
+
+def test_fill_logp_by_length_matches_the_whole_batch():
+    model, batch = _model(), _batch(4)
+    with torch.no_grad():
+        whole, _ = token_logp(model, batch.input_ids, batch.target_mask, 0.7)
+    fill_logp(model, batch, 0.7, 3, "old_logp")
+    assert batch.old_logp.shape == whole.shape and torch.allclose(batch.old_logp, whole, atol=1e-5)

@@ -117,8 +117,7 @@ class GRPOStep:
         trainer.model.train()
         parity: list[torch.Tensor] = []  # |log p_engine - log p_trainer| per micro-batch, first update only
         loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity)
-        n_rows = len(batch.advantages)
-        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, n_rows, cfg.micro_batch_size)]
+        micro = batch.micro_batches(cfg.micro_batch_size)
         weights = [1.0] * len(micro)  # loss_fn already scales each micro-batch
         for _ in range(cfg.mu):
             stats = train_step(trainer.wrapped, trainer.model, trainer.optimizer, micro, lr_at(step, trainer.run.train),

@@ -203,7 +203,7 @@ class OnPolicyStep:
              float(sum(map(len, rollouts.completion_ids))), float(sum(rollouts.rewards))], dist)
         trainer.model.train()
         loss_fn = make_loss_fn(cfg, int(n_rows), int(max(n_tokens, 1)))
-        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, len(lengths), cfg.micro_batch_size)]
+        micro = batch.micro_batches(cfg.micro_batch_size)
         for _ in range(cfg.mu):
             stats = train_step(trainer.wrapped, trainer.model, trainer.optimizer, micro, lr_at(step, trainer.run.train),
                                trainer.run, loss_fn, [1.0] * len(micro))
