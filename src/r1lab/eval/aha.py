@@ -71,11 +71,17 @@ def aha_findings(stages: dict[str, Stage], starts: dict[str, str | None]) -> lis
     passed = all(ok for ok, _ in checks)
     verdict = ", ".join(f"{text} {'✓' if ok else '✗'}" for ok, text in checks)
     fixes = f"{100 * (base.get('fix_rate') or 0):.0f}% → {100 * (zero.get('fix_rate') or 0):.0f}%"
+    waits = (f"; \"wait\" on a wrong first answer {_share(base, 'wait_wrong_guess')} → {_share(zero, 'wait_wrong_guess')}, "
+             f"on a right one {_share(base, 'wait_right_guess')} → {_share(zero, 'wait_right_guess')}")
     return [Finding(line, None, f"held-out {TASK}, {base.get('n')} problems x {base.get('k')} samples; fix rate (checks "
-                    f"that caught a wrong first answer and ended right) {fixes}", observation=True),
+                    f"that caught a wrong first answer and ended right) {fixes}{waits}", observation=True),
             Finding("Aha moment: under GRPO (accuracy + format rewards only) length grows >= 30%, the check rate at "
                     "least doubles and pass@1 gains >= 10 points, intervals excluding no change; the control's length "
                     "moves < 10%", passed, verdict + " (95% margins from the intervals over problems)")]
+
+
+def _share(e: dict, key: str) -> str:
+    return "–" if e.get(key) is None else f"{100 * e[key]:.0f}%"
 
 
 def transcripts(eval_file: Path, count: int = 2) -> list[dict]:
@@ -133,6 +139,10 @@ def _cell(e: dict | None, key: str, percent: bool = True) -> str:
     return value + (f" {fmt_interval(interval)}" if interval else "")
 
 
+def _count(e: dict) -> str:
+    return "" if e.get("checks_right_guess") is None else f" (of {e['checks_right_guess']})"
+
+
 def aha_section(stages: dict[str, Stage], out: Path, starts: dict[str, str | None]) -> list[str]:
     """The report's aha section: the before/after table, the curves and the two transcripts."""
     if not any(n in stages for n in NAMES):
@@ -140,13 +150,17 @@ def aha_section(stages: dict[str, Stage], out: Path, starts: dict[str, str | Non
     lines = ["## Aha moment: checking pays, so thinking grows", "",
              f"Held-out {TASK} problems; length in completion tokens; check rate = share of responses whose thinking "
              "re-derives the answer (`Check:`); fix rate = share of those checks that caught a wrong first answer "
-             "(`wait`) and ended right. 95% intervals over problems.", "",
-             "| stage | pass@1 | mean length | check rate | fix rate |", "|---|---|---|---|---|"]
+             "(`wait`) and ended right; wait | wrong, wait | right = share of checks that say `wait` when the answer "
+             "written before the check was wrong / right (how many checks had a right one). 95% intervals over "
+             "problems.", "",
+             "| stage | pass@1 | mean length | check rate | fix rate | wait \\| wrong | wait \\| right |",
+             "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys([starts.get(ZERO), ZERO, starts.get(CONTROL), CONTROL]):
         e = _eval(stages, name or "")
         if e:
             lines.append(f"| {name} | {_cell(e, 'pass1')} | {_cell(e, 'mean_length', percent=False)} "
-                         f"| {_cell(e, 'check_rate')} | {_cell(e, 'fix_rate')} |")
+                         f"| {_cell(e, 'check_rate')} | {_cell(e, 'fix_rate')} | {_cell(e, 'wait_wrong_guess')} "
+                         f"| {_cell(e, 'wait_right_guess')}{_count(e)} |")
     plot = plot_aha(stages, out / "aha_curves.png")
     if plot:
         lines += ["", f"![aha curves]({plot.name})"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -85,6 +86,16 @@ def review(text: str) -> tuple[bool, bool]:
     thinking = text.split(END_THINK)[0]
     checked = CHECK_MARKER in thinking
     return checked, checked and WAIT in thinking.split(CHECK_MARKER, 1)[1]
+
+
+def first_answer(text: str) -> str | None:
+    """The answer a checking response committed to before its check: the last number of its thinking before
+    CHECK_MARKER (the first pass's "So a + b = G." line); None without a check or a number before it."""
+    thinking = text.split(END_THINK)[0]
+    if CHECK_MARKER not in thinking:
+        return None
+    numbers = re.findall(r"\d+", thinking.split(CHECK_MARKER, 1)[0])
+    return numbers[-1] if numbers else None
 
 
 def nudge(value: int, up: bool, lo: int, hi: int) -> int:
