@@ -81,6 +81,26 @@ def test_the_check_ends_with_its_columns_so_it_matches_commits_to_the_first_answ
     assert first_answer("<think>\nSo 1 + 2 = 3.\n</think>") is None and first_answer("<think>\nCheck:\n") is None
 
 
+def test_a_careless_check_keeps_the_wrong_first_answer():
+    # check_miss: that share of the checks after a wrong first answer say "It matches." and box it, so the
+    # box after "It matches." copies the first answer (not the sum of the checked columns) in the data
+    careful = tasks.sample("addition", 200, seed=5, noise=0.3, quick=True, check=1.0)
+    careless = tasks.sample("addition", 200, seed=5, noise=0.3, quick=True, check=1.0, miss=0.5)
+    assert [r["prompt"] for r in careful] == [r["prompt"] for r in careless]
+    assert tasks.sample("addition", 200, seed=5, noise=0.3, quick=True, check=1.0, miss=0.0) == careful
+    missed = [b for a, b in zip(careful, careless) if a["caught"] and not b["caught"]]
+    assert 0.3 < len(missed) / sum(a["caught"] for a in careful) < 0.7
+    assert not any(b["caught"] and not a["caught"] for a, b in zip(careful, careless))
+    for row in missed:
+        assert row["reference_trace"].split("\n")[-3] == "It matches." and row["trace_answer"] != row["answer"]
+        assert row["trace_answer"] == first_answer(row["reference_trace"])
+    with pytest.raises(ValueError, match=r"miss must be in \[0, 1\]"):
+        tasks.get("addition")(check=0.5, miss=2.0)
+    rows = [TaskMixture(DataConfig(tasks="addition", noise=0.3, quick=True, check=1.0, check_miss=1.0), seed=0)[i]
+            for i in range(100)]
+    assert not any(r["caught"] for r in rows) and any(r["affected"] for r in rows)
+
+
 def test_evaluation_counts_checks_and_fixes():
     problems = tasks.sample("addition", 8, seed=0, split="test")
     rows = {r["prompt"]: r for r in tasks.sample("addition", 400, seed=0, split="test", noise=0.5, check=0.5)}

@@ -91,15 +91,15 @@ def solve_addition(data: tuple[int, int], slip: Slip | None = None, misconceptio
     return Solution(steps, str(result), touched)
 
 
-def check_addition(data: tuple[int, int], first: Solution) -> Solution:
+def check_addition(data: tuple[int, int], first: Solution, miss: bool = False) -> Solution:
     """`first` (the first pass, maybe slipped) followed by a careful second pass whose columns end the check
     (no closing "So" line): "It matches." keeps the first answer, the only whole answer written so far; on a
     mismatch, "wait", the first step that went wrong with its right value, and the answer assembled from the
-    checked columns."""
+    checked columns. miss: a careless check that says "It matches." anyway and keeps the first answer."""
     a, b = data
     again = solve_addition((a, b))
     steps = [*first.steps, CHECK_MARKER, *again.steps[:-1]]
-    if again.boxed == first.boxed:
+    if again.boxed == first.boxed or miss:
         return Solution([*steps, "It matches."], first.boxed, first.touched)
     wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
     where = ""
