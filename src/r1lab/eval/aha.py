@@ -5,7 +5,7 @@ base whose pretraining traces include a small share that verify their answer aft
 (tasks/arithmetic.py, `data.check`); `aha-control` is the same GRPO from a base without checking traces.
 On the held-out problems this module compares each GRPO stage with its start: mean response length,
 check rate (tasks.common.review), pass@1, each with its 95% interval over problems, against the issue's
-targets, and draws the R1 paper's Figure 3 small (length, check rate and accuracy over GRPO steps).
+targets, and draws the R1 paper's Figure 3 small (length, check rate, fix rate and accuracy over GRPO steps).
 Two transcripts are picked by a rule fixed before any run: the first two held-out responses of
 `aha-zero` (problems in the evaluation's order, samples in seed order) whose check says "wait" and whose
 answer is right.
@@ -100,7 +100,8 @@ def transcripts(eval_file: Path, count: int = 2) -> list[dict]:
 
 def plot_aha(stages: dict[str, Stage], path: Path) -> Path | None:
     """The R1 paper's Figure 3 drawn small, with the check rate beside it: per GRPO step, mean response
-    length, share of responses that check, accuracy (training samples), for aha-zero and its control."""
+    length, share of responses that check, share of those checks that say "wait" and end right, accuracy
+    (training samples), for aha-zero and its control."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,8 +112,8 @@ def plot_aha(stages: dict[str, Stage], path: Path) -> Path | None:
     if not curves:
         return None
     panels = [("response_length", "mean response length (tokens)"), ("check_rate", "share of responses that check"),
-              ("accuracy", "accuracy (training samples)")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+              ("fix_rate", "fix rate: checks that say \"wait\" and end right"), ("accuracy", "accuracy (training samples)")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for (key, title), ax in zip(panels, axes):
         plot_steps(ax, key, curves, label=lambda name: name + (" (no checking traces)" if name == CONTROL else ""),
                    alpha=0.3)
