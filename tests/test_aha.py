@@ -10,7 +10,7 @@ from r1lab import rewards, tasks
 from r1lab.eval import aha
 from r1lab.eval.evaluate import Sample, evaluate_with
 from r1lab.eval.report import Stage
-from r1lab.tasks.common import review
+from r1lab.tasks.common import first_answer, review
 from r1lab.train.data import DataConfig, TaskMixture
 
 accuracy = rewards.get("accuracy")
@@ -69,6 +69,38 @@ def test_review_reads_the_check_from_a_response():
     assert review("<think>\n</think>\nCheck: wait \\boxed{3}") == (False, False)  # only the thinking counts
 
 
+def test_the_check_ends_with_its_columns_so_it_matches_commits_to_the_first_answer():
+    rows = tasks.sample("addition", 100, seed=4, noise=0.3, quick=True, check=1.0)
+    for row in rows:
+        thinking = row["reference_trace"].split("</think>")[0]
+        first, check = thinking.split("Check:\n")
+        assert check.count(" = ") == row["caught"]  # a whole answer after the check only in the fix line
+        assert first_answer(row["reference_trace"]) == first.split(" = ")[-1].rstrip(".\n")
+        if not row["caught"]:
+            assert check.rstrip().endswith("It matches.") and row["trace_answer"] == first_answer(row["reference_trace"])
+    assert first_answer("<think>\nSo 1 + 2 = 3.\n</think>") is None and first_answer("<think>\nCheck:\n") is None
+
+
+def test_a_careless_check_keeps_the_wrong_first_answer():
+    # check_miss: that share of the checks after a wrong first answer say "It matches." and box it, so the
+    # box after "It matches." copies the first answer (not the sum of the checked columns) in the data
+    careful = tasks.sample("addition", 200, seed=5, noise=0.3, quick=True, check=1.0)
+    careless = tasks.sample("addition", 200, seed=5, noise=0.3, quick=True, check=1.0, miss=0.5)
+    assert [r["prompt"] for r in careful] == [r["prompt"] for r in careless]
+    assert tasks.sample("addition", 200, seed=5, noise=0.3, quick=True, check=1.0, miss=0.0) == careful
+    missed = [b for a, b in zip(careful, careless) if a["caught"] and not b["caught"]]
+    assert 0.3 < len(missed) / sum(a["caught"] for a in careful) < 0.7
+    assert not any(b["caught"] and not a["caught"] for a, b in zip(careful, careless))
+    for row in missed:
+        assert row["reference_trace"].split("\n")[-3] == "It matches." and row["trace_answer"] != row["answer"]
+        assert row["trace_answer"] == first_answer(row["reference_trace"])
+    with pytest.raises(ValueError, match=r"miss must be in \[0, 1\]"):
+        tasks.get("addition")(check=0.5, miss=2.0)
+    rows = [TaskMixture(DataConfig(tasks="addition", noise=0.3, quick=True, check=1.0, check_miss=1.0), seed=0)[i]
+            for i in range(100)]
+    assert not any(r["caught"] for r in rows) and any(r["affected"] for r in rows)
+
+
 def test_evaluation_counts_checks_and_fixes():
     problems = tasks.sample("addition", 8, seed=0, split="test")
     rows = {r["prompt"]: r for r in tasks.sample("addition", 400, seed=0, split="test", noise=0.5, check=0.5)}
@@ -88,6 +120,9 @@ def test_evaluation_counts_checks_and_fixes():
     fixed = sum(r["caught"] for r in traced)  # a caught slip is always fixed by the reference trace
     assert result.fix_rate == pytest.approx(fixed / max(sum(checked), 1))
     assert [len(row["fixes"]) for row in result.problems] == [2 * r["caught"] for r in traced]
+    # the reference traces say "wait" exactly when the answer before the check was wrong
+    assert result.wait_right_guess in (0.0, None) and result.wait_wrong_guess in (1.0, None)
+    assert result.checks_right_guess == 2 * sum(r["checked"] and not r["caught"] for r in traced)
     low, high = result.mean_length_ci
     assert low <= result.mean_length <= high and result.problems[0]["sample_tokens"][0] == len(traced[0]["reference_trace"]) // 4
     # a task without a check step gets no check figures

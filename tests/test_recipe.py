@@ -138,6 +138,8 @@ def test_aha_recipe_stages(tmp_path):
     cfg = configs(recipe, tmp_path)
     names = ("aha-skill", "aha-base", "aha-control-skill", "aha-control-base")
     assert [cfg[n][0].data.check for n in names] == [1.0, 0.1, 0.0, 0.0]
+    assert [cfg[n][0].data.check_miss for n in names] == [0.5, 0.5, 0.0, 0.0]  # half the wrong first answers missed
+    assert cfg["aha-skill"][0].train.max_steps == cfg["aha-control-skill"][0].train.max_steps == 300
     assert all((cfg[n][0].data.tasks, cfg[n][0].data.noise, cfg[n][0].data.quick, cfg[n][0].data.knobs) ==
                ("addition", 0.3, True, {"addition": {"digits": 4}}) for n in names)
     assert [recipe.stage(n).start for n in (*names, "aha-zero", "aha-control")] == [

@@ -5,7 +5,7 @@ base whose pretraining traces include a small share that verify their answer aft
 (tasks/arithmetic.py, `data.check`); `aha-control` is the same GRPO from a base without checking traces.
 On the held-out problems this module compares each GRPO stage with its start: mean response length,
 check rate (tasks.common.review), pass@1, each with its 95% interval over problems, against the issue's
-targets, and draws the R1 paper's Figure 3 small (length, check rate and accuracy over GRPO steps).
+targets, and draws the R1 paper's Figure 3 small (length, check rate, fix rate and accuracy over GRPO steps).
 Two transcripts are picked by a rule fixed before any run: the first two held-out responses of
 `aha-zero` (problems in the evaluation's order, samples in seed order) whose check says "wait" and whose
 answer is right.
@@ -71,11 +71,17 @@ def aha_findings(stages: dict[str, Stage], starts: dict[str, str | None]) -> lis
     passed = all(ok for ok, _ in checks)
     verdict = ", ".join(f"{text} {'✓' if ok else '✗'}" for ok, text in checks)
     fixes = f"{100 * (base.get('fix_rate') or 0):.0f}% → {100 * (zero.get('fix_rate') or 0):.0f}%"
+    waits = (f"; \"wait\" on a wrong first answer {_share(base, 'wait_wrong_guess')} → {_share(zero, 'wait_wrong_guess')}, "
+             f"on a right one {_share(base, 'wait_right_guess')} → {_share(zero, 'wait_right_guess')}")
     return [Finding(line, None, f"held-out {TASK}, {base.get('n')} problems x {base.get('k')} samples; fix rate (checks "
-                    f"that caught a wrong first answer and ended right) {fixes}", observation=True),
+                    f"that caught a wrong first answer and ended right) {fixes}{waits}", observation=True),
             Finding("Aha moment: under GRPO (accuracy + format rewards only) length grows >= 30%, the check rate at "
                     "least doubles and pass@1 gains >= 10 points, intervals excluding no change; the control's length "
                     "moves < 10%", passed, verdict + " (95% margins from the intervals over problems)")]
+
+
+def _share(e: dict, key: str) -> str:
+    return "–" if e.get(key) is None else f"{100 * e[key]:.0f}%"
 
 
 def transcripts(eval_file: Path, count: int = 2) -> list[dict]:
@@ -94,7 +100,8 @@ def transcripts(eval_file: Path, count: int = 2) -> list[dict]:
 
 def plot_aha(stages: dict[str, Stage], path: Path) -> Path | None:
     """The R1 paper's Figure 3 drawn small, with the check rate beside it: per GRPO step, mean response
-    length, share of responses that check, accuracy (training samples), for aha-zero and its control."""
+    length, share of responses that check, share of those checks that say "wait" and end right, accuracy
+    (training samples), for aha-zero and its control."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,8 +112,8 @@ def plot_aha(stages: dict[str, Stage], path: Path) -> Path | None:
     if not curves:
         return None
     panels = [("response_length", "mean response length (tokens)"), ("check_rate", "share of responses that check"),
-              ("accuracy", "accuracy (training samples)")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+              ("fix_rate", "fix rate: checks that say \"wait\" and end right"), ("accuracy", "accuracy (training samples)")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for (key, title), ax in zip(panels, axes):
         plot_steps(ax, key, curves, label=lambda name: name + (" (no checking traces)" if name == CONTROL else ""),
                    alpha=0.3)
@@ -133,6 +140,10 @@ def _cell(e: dict | None, key: str, percent: bool = True) -> str:
     return value + (f" {fmt_interval(interval)}" if interval else "")
 
 
+def _count(e: dict) -> str:
+    return "" if e.get("checks_right_guess") is None else f" (of {e['checks_right_guess']})"
+
+
 def aha_section(stages: dict[str, Stage], out: Path, starts: dict[str, str | None]) -> list[str]:
     """The report's aha section: the before/after table, the curves and the two transcripts."""
     if not any(n in stages for n in NAMES):
@@ -140,13 +151,17 @@ def aha_section(stages: dict[str, Stage], out: Path, starts: dict[str, str | Non
     lines = ["## Aha moment: checking pays, so thinking grows", "",
              f"Held-out {TASK} problems; length in completion tokens; check rate = share of responses whose thinking "
              "re-derives the answer (`Check:`); fix rate = share of those checks that caught a wrong first answer "
-             "(`wait`) and ended right. 95% intervals over problems.", "",
-             "| stage | pass@1 | mean length | check rate | fix rate |", "|---|---|---|---|---|"]
+             "(`wait`) and ended right; wait | wrong, wait | right = share of checks that say `wait` when the answer "
+             "written before the check was wrong / right (how many checks had a right one). 95% intervals over "
+             "problems.", "",
+             "| stage | pass@1 | mean length | check rate | fix rate | wait \\| wrong | wait \\| right |",
+             "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys([starts.get(ZERO), ZERO, starts.get(CONTROL), CONTROL]):
         e = _eval(stages, name or "")
         if e:
             lines.append(f"| {name} | {_cell(e, 'pass1')} | {_cell(e, 'mean_length', percent=False)} "
-                         f"| {_cell(e, 'check_rate')} | {_cell(e, 'fix_rate')} |")
+                         f"| {_cell(e, 'check_rate')} | {_cell(e, 'fix_rate')} | {_cell(e, 'wait_wrong_guess')} "
+                         f"| {_cell(e, 'wait_right_guess')}{_count(e)} |")
     plot = plot_aha(stages, out / "aha_curves.png")
     if plot:
         lines += ["", f"![aha curves]({plot.name})"]

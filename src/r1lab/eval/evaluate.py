@@ -20,7 +20,7 @@ from .. import tasks
 from ..rewards import columns_of, get
 from ..rewards.core import extract_answer
 from ..rollout import chat_prompt, rollout
-from ..tasks.common import review
+from ..tasks.common import first_answer, review
 from ..tasks.datasets import load_dataset
 from .stats import binary_interval, mean_interval, sample_interval, value_interval
 
@@ -76,6 +76,11 @@ class TaskResult:
     check_rate: float | None = None
     check_rate_ci: tuple[float, float] | None = None
     fix_rate: float | None = None
+    # the same checks split by whether the answer written before the check (tasks.common.first_answer) was
+    # right: the share that says "wait" anyway, and the share that says "wait" on a wrong first answer
+    wait_right_guess: float | None = None
+    wait_wrong_guess: float | None = None
+    checks_right_guess: int | None = None  # how many checks had a right first answer (the first share's base)
     ci_method: str = CI_METHOD
     problems: list[dict] = field(default_factory=list, repr=False)
 
@@ -190,6 +195,7 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
     pass1, maj, greedy_acc, lengths, checks = [], [], [], [], []
     checking = has_check(task) and k > 0
     checked = fixed = 0
+    waits = {True: [0, 0], False: [0, 0]}  # first answer right? -> [checks, of them saying "wait"]
     for index, i in enumerate(kept):
         p = problems[i]
         row = {"task": task, "prompt": p["prompt"], "answer": p.get("answer")}
@@ -215,6 +221,12 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
                 checks.append(sum(row["sample_checked"]) / k)
                 checked += sum(row["sample_checked"])
                 fixed += len(row["fixes"])
+                row["sample_caught"] = [c for _, c in reviews]
+                row["sample_first_right"] = [first_answer(s.text) == str(p.get("answer")) for s, _ in mine]
+                for (did_check, caught), right in zip(reviews, row["sample_first_right"]):
+                    if did_check:
+                        waits[right][0] += 1
+                        waits[right][1] += caught
         if greedy:
             row["greedy_correct"] = greedy_scores[index]
             row["greedy_completion"] = greedy_samples[i].text
@@ -238,6 +250,9 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
                       mean_length_ci=value_interval(lengths), check_rate=mean(checks) if checking else None,
                       check_rate_ci=mean_interval(checks) if checking else None,
                       fix_rate=fixed / checked if checking and checked else (0.0 if checking else None),
+                      wait_right_guess=waits[True][1] / waits[True][0] if checking and waits[True][0] else None,
+                      wait_wrong_guess=waits[False][1] / waits[False][0] if checking and waits[False][0] else None,
+                      checks_right_guess=waits[True][0] if checking else None,
                       problems=[rows[i] for i in range(len(problems))])
 
 

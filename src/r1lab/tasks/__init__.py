@@ -18,6 +18,8 @@ Every generator takes, besides its difficulty knobs (see `knobs(name)`):
     check          share of traces that re-derive their answer after the first pass and fix a
                    slip they catch (default 0; addition defines a check, the others raise)
     quick          the first pass states its answer without the working (its last step only)
+    miss           share of the checks after a wrong first answer that overlook it ("It matches.",
+                   the wrong answer kept; default 0)
 Rows are described in r1lab.tasks.common.
 """
 
@@ -67,16 +69,18 @@ def get(name: str) -> Callable[..., Iterator[dict[str, Any]]]:
         test_fraction: float = 0.1,
         check: float = 0.0,
         quick: bool = False,
+        miss: float = 0.0,
         **difficulty: Any,
     ) -> Iterator[dict[str, Any]]:
         valid = knobs(name)
         unknown = sorted(set(difficulty) - set(valid))
         if unknown:
             raise ValueError(f"unknown knob(s) {unknown} for task {name!r}; valid: {', '.join(valid) or 'none'}")
-        check_stream_args(task, split, noise, noise_kind, test_fraction, check)
+        check_stream_args(task, split, noise, noise_kind, test_fraction, check, miss)
         task.make(random.Random(0), **difficulty)  # bad knob values fail here, not at the first next()
         return stream(task, seed=seed, split=split, noise=noise, noise_kind=noise_kind,
-                      test_fraction=test_fraction, difficulty=difficulty, check=check, quick=quick)
+                      test_fraction=test_fraction, difficulty=difficulty, check=check, quick=quick,
+                      miss=miss)
 
     generate.__name__ = name
     generate.__doc__ = f"{name} rows; difficulty knobs: {knobs(name)}"
@@ -116,7 +120,7 @@ def _coerce(value: Any, default: Any) -> Any:
 def main_sample(name: str, n: int, seed: int, overrides: dict[str, Any]) -> None:
     """`r1lab tasks sample NAME -n 5 [key=value ...]`: print n rows readably."""
     defaults = {**knobs(name), "split": "train", "noise": 0.0, "noise_kind": "slip", "test_fraction": 0.1, "check": 0.0,
-                "quick": False}
+                "quick": False, "miss": 0.0}
     kwargs = {key: _coerce(value, defaults.get(key)) for key, value in overrides.items()}
     print(format_samples(sample(name, n, seed=seed, **kwargs)))
 

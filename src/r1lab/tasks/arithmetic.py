@@ -18,20 +18,25 @@ Misconceptions (the answer is wrong exactly when the rule touches the problem):
   That result is always larger than the truth, so touched means wrong.
 
 Check (addition, `check` > 0 in the stream): after the first pass, which keeps its slip if it made one,
-the trace works the sum again, carefully (no slip), and compares:
+the trace works the columns again, carefully (no slip), and compares:
 
     So 4821 + 1379 = 6210.
     Check:
     1+9=10, write 0 carry 1
     ...
-    So 4821 + 1379 = 6200.
+    4+1+1=6, write 6 carry 0
     6200 is not 6210, wait. 2+7+1=10, not 11, so 4821 + 1379 = 6200.
 
-(or "It matches." when the two agree); the boxed answer is the checked one. With `quick` the first pass is
-its last line alone (the answer stated without the working) and the fix names no step. The check repeats
-the first pass's procedure, reading the digits from the question: a second way (the operands swapped)
-asked the 1.5M-parameter model for new attention patterns it did not learn in 100 steps, and a header
-repeating the operands ("Check: 4821 + 1379 again.") was copied wrong and then added.
+(or "It matches." when the two agree); the boxed answer is the checked one. The check has no closing
+"So 4821 + 1379 = 6200." line: it ends with its last column, so the only whole answer before "It matches."
+is the first pass's, which the box then copies, and a wrong first answer is fixed only through "wait",
+whose line assembles the sum from the checked columns. (With that closing line the model learned to
+write "It matches." after every check and box the re-derived sum, right either way, so the reward could
+not tell the comparison from its absence, and "wait" never paid; issue 19.) With `quick` the first pass
+is its last line alone (the answer stated without the working) and the fix names no step. The check
+repeats the first pass's procedure, reading the digits from the question: a second way (the operands
+swapped) asked the 1.5M-parameter model for new attention patterns it did not learn in 100 steps, and a
+header repeating the operands ("Check: 4821 + 1379 again.") was copied wrong and then added.
 """
 
 from __future__ import annotations
@@ -86,14 +91,16 @@ def solve_addition(data: tuple[int, int], slip: Slip | None = None, misconceptio
     return Solution(steps, str(result), touched)
 
 
-def check_addition(data: tuple[int, int], first: Solution) -> Solution:
-    """`first` (the first pass, maybe slipped) followed by a careful second pass; on a mismatch, "wait", the
-    first step that went wrong with its right value, and the fixed answer."""
+def check_addition(data: tuple[int, int], first: Solution, miss: bool = False) -> Solution:
+    """`first` (the first pass, maybe slipped) followed by a careful second pass whose columns end the check
+    (no closing "So" line): "It matches." keeps the first answer, the only whole answer written so far; on a
+    mismatch, "wait", the first step that went wrong with its right value, and the answer assembled from the
+    checked columns. miss: a careless check that says "It matches." anyway and keeps the first answer."""
     a, b = data
     again = solve_addition((a, b))
-    steps = [*first.steps, CHECK_MARKER, *again.steps]
-    if again.boxed == first.boxed:
-        return Solution([*steps, "It matches."], again.boxed, first.touched)
+    steps = [*first.steps, CHECK_MARKER, *again.steps[:-1]]
+    if again.boxed == first.boxed or miss:
+        return Solution([*steps, "It matches."], first.boxed, first.touched)
     wrong = next(((w, c) for w, c in zip(first.steps, again.steps) if w != c), None)
     where = ""
     if wrong is not None and len(first.steps) > 1:  # a quick first pass has no working to point into

@@ -18,6 +18,8 @@ evaluation read.  Each row is a dict:
     touched                         the task's misconception rule applies to this problem
     checked, caught                 (check > 0 only) the trace re-derives its answer after the first pass, and
                                     that check caught a wrong first answer ("wait", the slip, the fix);
+                                    with miss > 0 that share of the checks after a wrong first answer
+                                    overlook it ("It matches.", the wrong answer kept)
                                     with quick=True the first pass is its last step alone (the answer, no working)
     ...                             task-specific columns (countdown: numbers, target)
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -69,9 +72,9 @@ class Task:
     make: Callable[..., Problem]
     solve: Callable[..., Solution]
     misconception: str | None = None  # the wrong rule, in words; None: not defined for this task
-    # check(data, first_pass) -> Solution: the first pass (slips kept) followed by a verification that
-    # re-derives the result and, on a mismatch, writes "wait", names the slip and fixes the answer
-    # (arithmetic.check_addition); None: the task has no such check
+    # check(data, first_pass, miss=False) -> Solution: the first pass (slips kept) followed by a verification
+    # that re-derives the result and, on a mismatch, writes "wait", names the slip and fixes the answer, or
+    # with miss=True overlooks it (arithmetic.check_addition); None: the task has no such check
     check: Callable[..., Solution] | None = None
 
 
@@ -85,6 +88,16 @@ def review(text: str) -> tuple[bool, bool]:
     thinking = text.split(END_THINK)[0]
     checked = CHECK_MARKER in thinking
     return checked, checked and WAIT in thinking.split(CHECK_MARKER, 1)[1]
+
+
+def first_answer(text: str) -> str | None:
+    """The answer a checking response committed to before its check: the last number of its thinking before
+    CHECK_MARKER (the first pass's "So a + b = G." line); None without a check or a number before it."""
+    thinking = text.split(END_THINK)[0]
+    if CHECK_MARKER not in thinking:
+        return None
+    numbers = re.findall(r"\d+", thinking.split(CHECK_MARKER, 1)[0])
+    return numbers[-1] if numbers else None
 
 
 def nudge(value: int, up: bool, lo: int, hi: int) -> int:
@@ -105,7 +118,7 @@ def split_of(task: str, key: str, test_fraction: float) -> str:
 
 
 def check_stream_args(task: Task, split: str, noise: float, noise_kind: str, test_fraction: float,
-                      check: float = 0.0) -> None:
+                      check: float = 0.0, miss: float = 0.0) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 0.0 <= noise <= 1.0:
@@ -118,6 +131,8 @@ def check_stream_args(task: Task, split: str, noise: float, noise_kind: str, tes
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if not 0.0 <= check <= 1.0:
         raise ValueError(f"check must be in [0, 1], got {check}")
+    if not 0.0 <= miss <= 1.0:
+        raise ValueError(f"miss must be in [0, 1], got {miss}")
     if check > 0 and task.check is None:
         raise ValueError(f"task {task.name!r} has no check step; check > 0 needs one (addition has)")
 
@@ -133,6 +148,7 @@ def stream(
     difficulty: dict[str, Any],
     check: float = 0.0,
     quick: bool = False,
+    miss: float = 0.0,
 ) -> Iterator[dict[str, Any]]:
     # Two generators: problems do not depend on the noise settings, and the teacher's
     # dice are rolled a fixed number of times per problem, so raising `noise` only
@@ -142,6 +158,7 @@ def stream(
     problems = random.Random(f"{task.name}:{seed}")
     teacher = random.Random(f"{task.name}:{seed}:teacher")
     checker = random.Random(f"{task.name}:{seed}:check")
+    misser = random.Random(f"{task.name}:{seed}:miss")  # its own dice: miss = 0 keeps the streams above as they were
     rejected = 0
     while True:
         problem = task.make(problems, **difficulty)
@@ -163,9 +180,10 @@ def stream(
         extra = {}
         if check > 0:
             checked = checker.random() < check
+            missed = misser.random() < miss
             if checked:
                 first = solution.boxed
-                solution = task.check(problem.data, solution)
+                solution = task.check(problem.data, solution, miss=missed) if missed else task.check(problem.data, solution)
                 extra = {"checked": True, "caught": solution.boxed != first}
             else:
                 extra = {"checked": False, "caught": False}

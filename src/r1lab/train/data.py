@@ -38,6 +38,8 @@ class DataConfig:
     # the others in the mixture are left as they are). The speedrun's aha stages use it (tasks/common.py)
     check: float = 0.0
     quick: bool = False  # the first pass states its answer without the working (the check then works it out)
+    # share of the checks after a wrong first answer that overlook it ("It matches.", the wrong answer boxed)
+    check_miss: float = 0.0
     knobs: dict = field(default_factory=dict)  # per-task difficulty, e.g. {addition: {digits: 3}}
     # SFT: several examples per row with block-diagonal attention, instead of one padded row each. On a
     # 2-core CPU padding trains as fast on mixed-length tasks and 18% faster on one task (bench in the report)
@@ -79,7 +81,7 @@ class TaskMixture:
 
     def _generator(self, name: str, seed: int):
         # quick holds with or without checks: the aha control (quick, no check) must not get the full working
-        check = {"check": self.cfg.check} if name in self.checks else {}
+        check = {"check": self.cfg.check, "miss": self.cfg.check_miss} if name in self.checks else {}
         return tasks.get(name)(seed=seed, split=self.split, noise=self.cfg.noise, noise_kind=self.cfg.noise_kind,
                                quick=self.cfg.quick, **check, **self.cfg.knobs.get(name, {}))
 
