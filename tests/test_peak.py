@@ -44,3 +44,23 @@ def test_bf16_peak_is_cached_apart_from_fp32(tmp_path, monkeypatch):
     assert "fp32" in fp32.label() and "bf16" in bf16.label()
     cache = json.loads((tmp_path / "r1lab" / "peak.json").read_text())
     assert len(cache) == 2 and sum(k.endswith("|bf16") for k in cache) == 1
+
+
+def test_more_threads_never_peak_below_fewer(tmp_path, monkeypatch):
+    """A 2-thread figure taken while another job held a core came out below the 1-thread one (74 against 90
+    GFLOP/s); the peak with more threads is at least the best seen with fewer, of the same dtype."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("R1LAB_PEAK_FLOPS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        device_peak(torch.device("cpu"), repeats=1)
+        key1 = next(iter(json.loads(peak_cache().read_text())))
+        key2, key3 = key1.replace("|1 threads", "|2 threads"), key1.replace("|1 threads", "|3 threads")
+        peak_cache().write_text(json.dumps({key1: 90e9, key2: 74e9, key3: 50e9, key1 + "|bf16": 900e9}))
+        torch.set_num_threads(2)
+        assert device_peak(torch.device("cpu")).flops == 90e9  # not 74, nor the bf16 figure
+        torch.set_num_threads(1)
+        assert device_peak(torch.device("cpu")).flops == 90e9  # fewer threads: unchanged
+    finally:
+        torch.set_num_threads(threads)
