@@ -30,8 +30,8 @@ def _grads(model, cfg: GRPOSection, batch: PolicyBatch, n_rows: int, n_tokens: i
     if old is not None:
         batch.old_logp = old
     loss_fn = make_loss_fn(cfg, n_rows, n_tokens)
-    for i in range(0, len(batch.advantages), cfg.micro_batch_size):
-        loss, _ = loss_fn(model, batch.rows(i, i + cfg.micro_batch_size))
+    for rows in torch.arange(len(batch.advantages)).split(cfg.micro_batch_size):  # in order, padded
+        loss, _ = loss_fn(model, batch.take(rows))
         loss.backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 

@@ -183,7 +183,7 @@ def stream(
             missed = misser.random() < miss
             if checked:
                 first = solution.boxed
-                solution = task.check(problem.data, solution, miss=missed) if missed else task.check(problem.data, solution)
+                solution = task.check(problem.data, solution, miss=missed)
                 extra = {"checked": True, "caught": solution.boxed != first}
             else:
                 extra = {"checked": False, "caught": False}

@@ -123,11 +123,6 @@ class PolicyBatch:
     def n_targets(self) -> int:
         return int(self.target_mask.sum())
 
-    def rows(self, start: int, stop: int) -> "PolicyBatch":
-        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
-        return PolicyBatch(self.input_ids[start:stop], self.target_mask[start:stop], self.advantages[start:stop],
-                           cut(self.old_logp), cut(self.ref_logp), cut(self.engine_logp))
-
     def take(self, index: torch.Tensor) -> "PolicyBatch":
         """The rows `index`, cut to the width the longest of them needs."""
         width = int(self.target_mask[index].sum(0).nonzero().max()) + 2 if bool(self.target_mask[index].any()) else 2

@@ -121,13 +121,14 @@ def peak_cache() -> Path:
 
 
 def _machine_key(device: torch.device) -> str:
+    """host|device type|CPU or GPU name (peak.json's keys add the thread count and a non-fp32 dtype)."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return f"{platform.node()}|{device.type}|{name}|{torch.get_num_threads()} threads"
+    return f"{platform.node()}|{device.type}|{name}"
 
 
 def measure_peak(device: torch.device, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
@@ -162,7 +163,8 @@ def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8, d
             if gpu in name:
                 return Peak(flops, f"({gpu} bf16 dense, table)")
     kind = "fp32" if dtype == torch.float32 else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16")
-    key, path = _machine_key(device) + ("" if kind == "fp32" else f"|{kind}"), peak_cache()
+    machine, threads, suffix = _machine_key(device), torch.get_num_threads(), "" if kind == "fp32" else f"|{kind}"
+    key, path = f"{machine}|{threads} threads{suffix}", peak_cache()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -180,12 +182,7 @@ def device_peak(device: torch.device, refresh: bool = False, repeats: int = 8, d
             pass  # a read-only home: the figure is still right for this run
     # more threads never lose a core: a figure taken while another job held one (74 GFLOP/s on 2 threads
     # against 90 on 1, an AVX2 EPYC) must not stay below what fewer threads reached
-    machine, threads = key.split("|")[:3], torch.get_num_threads()
-    for other, flops in cache.items():
-        parts = other.split("|")
-        if (parts[:3] == machine and len(parts) == len(key.split("|")) and parts[4:] == key.split("|")[4:]
-                and parts[3].endswith(" threads") and int(parts[3].split()[0]) < threads):
-            best = max(best, float(flops))
+    best = max([best, *(float(cache.get(f"{machine}|{t} threads{suffix}", 0.0)) for t in range(1, threads))])
     return Peak(best, f"({kind} {PEAK_SIZE}\u00b2 matmul, {threads} threads, best seen on this machine)")
 
 
