@@ -155,7 +155,8 @@ def test_aha_verdict_follows_the_targets(tmp_path):
     good = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))
     assert good[0].claim.startswith("Response length grew 100 → 150 tokens under GRPO while the check rate rose 10% → 50%")
     assert "the control without checking traces stayed at 92 tokens" in good[0].claim
-    assert good[1].passed is True
+    assert good[1].passed is True and good[1].figure.startswith("length +50%, pass@1 +20.0 pts [")
+    assert good[1].low > 0 and good[1].value == pytest.approx(0.2)
     short = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(120, 5, 0.5, 0.8), _eval(92, 3, 0.0, 0.7)))[1]
     assert short.passed is False and "length +20%" in short.detail and "✗" in short.detail
     drifting = aha.aha_findings(starts=STARTS, stages=_stages(tmp_path, _eval(150, 5, 0.5, 0.8), _eval(110, 3, 0.0, 0.7)))

@@ -15,7 +15,7 @@ from conftest import chain_model, serve_in_background
 from r1lab.eval import stats
 from r1lab.eval.cli import settings_for
 from r1lab.eval.evaluate import R1_MATH_INSTRUCTION, Sample, evaluate_with
-from r1lab.eval.report import Stage, noise_note, write_report
+from r1lab.eval.report import Stage, compare, write_report
 from r1lab.model import save_checkpoint
 
 REPLY = " \\boxed{1234}"  # what the scripted model answers to any prompt
@@ -83,7 +83,8 @@ def test_report_shows_intervals_health_and_noise(tmp_path):
          "ci_method": "95% intervals: Wilson"}
     b = dict(a, pass1=0.60, pass1_ci=[0.45, 0.75])
     stages = [Stage("base", "x", 1.0, 0.0, evals={"toy": a}), Stage("rl", "y", 1.0, 0.0, metrics=str(metrics), evals={"toy": b})]
-    assert "inside the noise" in noise_note(b, a)
+    diff, low, high = compare(b, a)  # +5 points, margin hypot(15, 15) = 21.2: inside the noise
+    assert diff == pytest.approx(0.05) and low < 0 < high and high - diff == pytest.approx(0.2121, abs=1e-4)
     report = write_report(tmp_path, stages, [], ["toy"]).read_text()
     assert "55.0% [40.0, 70.0]" in report and "±5.0" in report and "20 (2 skipped)" in report
     assert "## GRPO health" in report and "| rl | truncation | 2 of 3 | 2 | 60% cut |" in report

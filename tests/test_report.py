@@ -64,11 +64,14 @@ def test_three_students_table_and_finding(tmp_path):
     found = findings(stages, ["addition", "countdown"], {"student-rl": "student-base"}, "student-distilled")
     last = found[-1]
     assert last.claim == "Students: student-onpolicy wins" and last.observation
-    # 95% half-interval over 200 problems at 70%: 1.96 * sqrt(0.7 * 0.3 / 200) = 6.4 points
-    assert "student-onpolicy 70.0% ± 6.4 at 1e+12 FLOPs (36 s)" in last.detail
+    # evals without intervals: Wilson over each task's 100 problems at 70%, [60.4, 78.1], half-width 8.84;
+    # the mean of two tasks: sqrt(2 * 8.84^2) / 2 = 6.3 points
+    assert "student-onpolicy 70.0% ± 6.3 at 1e+12 FLOPs (36 s)" in last.detail
+    # the figure: on-policy minus the next student, 70 - 50 = +20 points, margin hypot(6.25, 6.80) = 9.2
+    assert last.figure == "+20.0 pts [+10.8, +29.2] on-policy vs student-distilled"
     assert "2.0x on-policy's FLOPs for student-distilled, 4.0x on-policy's FLOPs for student-rl" in last.detail
     report = write_report(tmp_path / "run", list(stages.values()), found, ["addition", "countdown"],
                           students=list(stages.values()))
     lines = report.read_text().splitlines()
-    assert "| student-onpolicy | 70.0% ± 6.4 | 1e+12 | 36 s |" in lines
+    assert "| student-onpolicy | 70.0% ± 6.3 | 1e+12 | 36 s |" in lines
     assert "| student-rl | 10.0% ± 4.2 | 4e+12 | 50 s |" in lines

@@ -19,7 +19,8 @@ def test_shortened_speedrun_end_to_end(tmp_path):
     assert {"base", "r1-zero", "r1", "student-distilled", "student-rl", "student-onpolicy"} <= stages
     assert "## Students" in report and "| student-onpolicy |" in report
     assert any(f["claim"].startswith("Students: ") for f in summary["findings"])
-    assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0
+    assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0 and summary["seed"] == 0
+    assert all(f["figure"] for f in summary["findings"] if f["passed"] is not None)  # each verdict with its figure
     assert not any(s.startswith("aha-") for s in stages) and "## Aha moment" not in report
     for png in ("grpo_curves.png", "accuracy_by_stage.png"):
         assert (out / png).stat().st_size > 1000

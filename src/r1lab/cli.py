@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "r1lab merge runs/sft-lora/final --out runs/sft-merged"),
     "speedrun": ("r1lab.speedrun", "the whole R1 recipe end to end: base, R1-Zero, R1, distillation, eval, report card",
                  "r1lab speedrun --preset cpu --out runs/speedrun"),
+    "findings": ("r1lab.eval.seeds", "the findings of finished runs side by side, a column per seed, with 95% intervals",
+                 "r1lab findings runs/seeds/seed-0 runs/seeds/seed-1 --out runs/seeds/findings.md"),
     "export": ("r1lab.export.cli", "make a checkpoint load in vLLM / SGLang (--fix-config) or llama.cpp / Ollama (--gguf)",
                "r1lab export runs/speedrun/final --gguf final.gguf"),
     "checkpoint": ("r1lab.checkpoint_cli", "rehash a checkpoint's manifest after a deliberate edit of its files",

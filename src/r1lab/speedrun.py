@@ -3,6 +3,7 @@
     r1lab speedrun --preset cpu --out runs/speedrun
     r1lab speedrun --preset cpu --out runs/speedrun r1-zero.train.max_steps=60 r1.train.max_steps=120 seed=1
     r1lab speedrun --recipe my_recipe.yaml --out runs/mine
+    r1lab speedrun --seeds 0,1,2 --out runs/seeds      # runs/seeds/seed-N each, then runs/seeds/findings.md
 
 A recipe (recipe.py; the built-in ones are recipes/*.yaml) lists the stages as data. The built-in `cpu`:
   1. tokenizer on the task corpus
@@ -33,6 +34,7 @@ from .engine import Engine
 from .eval import aha
 from .eval.evaluate import evaluate, load_problems, write_results
 from .eval.report import Stage, findings, read_metrics, write_report
+from .eval.seeds import write_findings
 from .model import load, load_model
 from .model.config import PRESETS as MODEL_PRESETS
 from .recipe import Recipe, StageSpec, builtin_recipes, eval_settings, load_recipe, split_traces
@@ -274,20 +276,46 @@ class Speedrun:
         return write_report(self.out, list(stages.values()), found, self.task_list, title=f"r1lab speedrun: {self.out.name}",
                             notes=notes, extra_plots=[("Distilled vs RL-only student", students)] if students else None,
                             students=[s for s in students if s.name != "student-base"],
-                            sections=aha.aha_section(stages, self.out, starts))
+                            sections=aha.aha_section(stages, self.out, starts), seed=self.recipe.seed)
 
 
 def add_speedrun_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help=f"built-in recipe ({', '.join(builtin_recipes())}; default cpu)")
     p.add_argument("--recipe", metavar="FILE", help="a recipe YAML file instead (see recipes/cpu.yaml in the package)")
     p.add_argument("--out", default="runs/speedrun", help="run folder (default runs/speedrun)")
+    p.add_argument("--seeds", metavar="0,1,2", help="run the recipe once per seed into OUT/seed-N (finished stages "
+                                                    "are kept), then write the findings per seed to OUT/findings.md")
     p.add_argument("overrides", nargs="*", help="key=value: recipe-wide (seed=1 eval_k=8) or STAGE.KEY=VALUE "
                                                 "(r1-zero.train.max_steps=60 r1.grpo.max_sampling_rounds=4)")
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: expected distinct integers separated by commas, e.g. 0,1,2")
+    return seeds
+
+
 def run_speedrun(args) -> int:
-    recipe = load_recipe(args.recipe or args.preset, args.overrides)
-    report = Speedrun(recipe, args.out).run()
-    print(f"report card: {report}")
-    print(f"serve it:    r1lab serve {Path(args.out) / 'final'}")
+    source = args.recipe or args.preset
+    if not args.seeds:
+        recipe = load_recipe(source, args.overrides)
+        report = Speedrun(recipe, args.out).run()
+        print(f"report card: {report}")
+        print(f"serve it:    r1lab serve {Path(args.out) / 'final'}")
+        return 0
+    if any(item.split("=", 1)[0].strip() == "seed" for item in args.overrides):
+        raise ConfigError("give the seeds with --seeds or seed=N, not both")
+    seeds = parse_seeds(args.seeds)
+    out = Path(args.out)
+    recipes = {seed: load_recipe(source, [*args.overrides, f"seed={seed}"]) for seed in seeds}  # all valid before any runs
+    folders = []
+    for seed, recipe in recipes.items():
+        folders.append(out / f"seed-{seed}")
+        print(f"report card (seed {seed}): {Speedrun(recipe, folders[-1]).run()}")
+    sys.stdout.write(write_findings(folders, out / "findings.md"))
+    print(f"findings across seeds: {out / 'findings.md'}")
     return 0

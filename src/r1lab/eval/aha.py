@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .report import Finding, Stage, plot_steps, read_metrics
-from .stats import fmt_interval, half_width
+from .stats import fmt_interval, fmt_points, half_width
 
 ZERO, CONTROL = "aha-zero", "aha-control"  # the two GRPO stages; each is compared with the stage it starts from
 NAMES = (ZERO, CONTROL)
@@ -74,10 +74,15 @@ def aha_findings(stages: dict[str, Stage], starts: dict[str, str | None]) -> lis
     waits = (f"; \"wait\" on a wrong first answer {_share(base, 'wait_wrong_guess')} → {_share(zero, 'wait_wrong_guess')}, "
              f"on a right one {_share(base, 'wait_right_guess')} → {_share(zero, 'wait_right_guess')}")
     return [Finding(line, None, f"held-out {TASK}, {base.get('n')} problems x {base.get('k')} samples; fix rate (checks "
-                    f"that caught a wrong first answer and ended right) {fixes}{waits}", observation=True),
+                    f"that caught a wrong first answer and ended right) {fixes}{waits}", observation=True,
+                    key="aha: length, check rate, pass@1 under GRPO",
+                    figure=f"{base['mean_length']:.0f} → {zero['mean_length']:.0f} tokens, "
+                           f"checks {100 * p:.0f}% → {100 * q:.0f}%"),
             Finding("Aha moment: under GRPO (accuracy + format rewards only) length grows >= 30%, the check rate at "
                     "least doubles and pass@1 gains >= 10 points, intervals excluding no change; the control's length "
-                    "moves < 10%", passed, verdict + " (95% margins from the intervals over problems)")]
+                    "moves < 10%", passed, verdict + " (95% margins from the intervals over problems)",
+                    figure=f"length {100 * rel:+.0f}%, pass@1 {fmt_points(gain, gain - gain_margin, gain + gain_margin)}",
+                    value=gain, low=gain - gain_margin, high=gain + gain_margin, key="aha moment (aha-zero vs its base)")]
 
 
 def _share(e: dict, key: str) -> str:

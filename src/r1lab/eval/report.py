@@ -6,14 +6,13 @@ are) and an evaluation per (stage, task). Nothing here trains or evaluates; it o
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .stats import fmt_interval, half_width, inside_noise
+from .stats import difference, fmt_interval, fmt_points, half_width, wilson
 
 H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak, per GPU
 ASSUMED_MFU = 0.35  # what a well-tuned small-model run reaches on it
@@ -34,10 +33,18 @@ class Stage:
 
 @dataclass
 class Finding:
+    """One claim checked on a run. A claim of a difference ("A beats B by >= X points") passes only when the
+    difference's 95% interval lies above 0 (intervals apart, stats.difference) and the measured gain is >= X;
+    a claim of a level ("R1 >= 90%") is judged on the measured value, its interval shown beside it."""
     claim: str
     passed: bool | None  # None: could not be measured
     detail: str
     observation: bool = False  # reported either way, not a target (passed is then None)
+    figure: str = ""  # the headline figure with its 95% interval: "+18.5 pts [+12.1, +24.9]", "89.2% [85.0, 93.4]"
+    value: float | None = None  # that figure as a share (0.185 for +18.5 points), and its interval's ends
+    low: float | None = None
+    high: float | None = None
+    key: str = ""  # a short name that stays the same from run to run (a row of `r1lab findings`); "" -> the claim
 
 
 def git_commit() -> str:
@@ -173,26 +180,31 @@ def _with_ci(e: dict, key: str) -> str:
     return _pct(e.get(key)) + (f" {interval}" if interval else "")
 
 
-def _mean_and_margin(evals: dict | list[dict | None] | None, key: str) -> tuple[float, float] | None:
-    """(mean of `key` over evals, its 95% half-width: sqrt(sum of squares) / count), None if one lacks it."""
+def _interval(e: dict, key: str):
+    """An eval's 95% interval of `key` (a share): its own (over problems), else Wilson over its n problems."""
+    if e.get(f"{key}_ci"):
+        return e[f"{key}_ci"]
+    return wilson(e[key] * e["n"], e["n"]) if e.get("n") else None
+
+
+def _mean_and_margin(evals: dict | list[dict | None] | None, key: str = "pass1") -> tuple[float, float] | None:
+    """(mean of `key` over evals, its 95% half-width: sqrt(sum of squared half-widths) / count), None if
+    one lacks the value or an interval."""
     evals = evals if isinstance(evals, list) else [evals]
-    if not evals or any(not e or e.get(key) is None or not e.get(f"{key}_ci") for e in evals):
+    if not evals or any(not e or e.get(key) is None or _interval(e, key) is None for e in evals):
         return None
     return (sum(e[key] for e in evals) / len(evals),
-            sum(half_width(e[f"{key}_ci"]) ** 2 for e in evals) ** 0.5 / len(evals))
+            sum(half_width(_interval(e, key)) ** 2 for e in evals) ** 0.5 / len(evals))
 
 
-def noise_note(a, b, key: str = "pass1") -> str:
-    """' (inside the noise: ...)' when the difference of two evals' `key` (or of their means over several
-    tasks, given lists) is within its 95% margin, from the intervals over problems."""
+def compare(a, b, key: str = "pass1") -> tuple[float, float, float] | None:
+    """(a - b, low, high): the difference of two evals' `key` (or of their means over tasks, given lists) and
+    its 95% interval (stats.difference); None when either lacks the value or an interval."""
     first, second = _mean_and_margin(a, key), _mean_and_margin(b, key)
     if first is None or second is None:
-        return ""
-    margin = (first[1] ** 2 + second[1] ** 2) ** 0.5
-    if not inside_noise(first[0], (first[0] - first[1], first[0] + first[1]), second[0],
-                        (second[0] - second[1], second[0] + second[1])):
-        return ""
-    return f" (inside the noise: the 95% margin of this difference is ±{100 * margin:.1f} points)"
+        return None
+    return difference(first[0], (first[0] - first[1], first[0] + first[1]),
+                      second[0], (second[0] - second[1], second[0] + second[1]))
 
 
 def threshold_note(e: dict | None, threshold: float, key: str = "pass1", label: str = "") -> str:
@@ -225,11 +237,18 @@ def health_lines(stages: list[Stage]) -> list[str]:
                     "", "Signs and thresholds: r1lab/train/health.py (warnings to look at, not verdicts).", ""]
 
 
+def mark(f: Finding | dict) -> str:
+    """✅ passed, ❌ failed, ⚠️ not measured, ℹ️ an observation (a Finding or its summary.json record)."""
+    f = f if isinstance(f, dict) else asdict(f)
+    return "ℹ️" if f.get("observation") else "✅" if f.get("passed") else "⚠️ not measured" if f.get("passed") is None else "❌"
+
+
 def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Finding], tasks: list[str],
                  title: str = "r1lab speedrun", notes: list[str] | None = None,
                  extra_plots: list[tuple[str, list[Stage]]] | None = None, students: list[Stage] | None = None,
-                 sections: list[str] | None = None) -> Path:
-    """report.md and summary.json in out_dir; `sections`: extra markdown lines after the health section."""
+                 sections: list[str] | None = None, seed: int | None = None) -> Path:
+    """report.md and summary.json in out_dir; `sections`: extra markdown lines after the health section;
+    `seed`: the run's seed, kept in summary.json (`r1lab findings` lays runs out by it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = []
@@ -247,8 +266,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
     costs = cost(stages)
     lines = [f"# {title}", ""]
     for f in findings:
-        mark = "ℹ️" if f.observation else "✅" if f.passed else ("⚠️ not measured" if f.passed is None else "❌")
-        lines.append(f"- {mark} **{f.claim}** — {f.detail}")
+        lines.append(f"- {mark(f)} **{f.claim}** — " + (f"**{f.figure}**. " if f.figure else "") + f.detail)
     lines += ["", "## Results on held-out problems", "",
               "| stage | task | n | pass@1 [95% CI] | ± samples | greedy [95% CI] | maj@k [95% CI] | mean length | truncated |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -285,6 +303,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
         lines.append(f"- {note}")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     summary = {
+        "seed": seed,
         "findings": [asdict(f) for f in findings],
         "table": [{"stage": s.name, "task": t, **s.evals[t]} for s in stages for t in tasks if t in s.evals],
         "stages": [{k: v for k, v in asdict(s).items() if k != "evals"} for s in stages],
@@ -295,14 +314,9 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
 
 
 def mean_pass1(stage: Stage, tasks: list[str]) -> tuple[float, float] | None:
-    """Mean pass@1 over tasks and its 95% half-interval (normal approximation over the held-out problems,
-    each problem's k samples counted once: they are not independent)."""
-    evals = [stage.evals.get(t) for t in tasks]
-    if not evals or any(e is None or e.get("pass1") is None for e in evals):
-        return None
-    mean = sum(e["pass1"] for e in evals) / len(evals)
-    n = sum(e.get("n", 0) for e in evals)
-    return mean, (1.96 * math.sqrt(mean * (1 - mean) / n) if n else float("nan"))
+    """Mean pass@1 over tasks and its 95% half-interval, from each task's interval over the held-out problems
+    (Wilson over its n problems when an eval has none; a problem's k samples count once: not independent)."""
+    return _mean_and_margin([stage.evals.get(t) for t in tasks])
 
 
 def student_table(students: list[Stage], tasks: list[str]) -> list[str]:
@@ -322,7 +336,8 @@ def student_table(students: list[Stage], tasks: list[str]) -> list[str]:
 
 def onpolicy_finding(stages: dict[str, Stage], tasks: list[str],
                      names: tuple[str, ...] = ("student-onpolicy", "student-distilled", "student-rl")) -> Finding | None:
-    """Which student wins, and at how much compute (on-policy distillation vs SFT-distillation vs RL)."""
+    """Which student wins, and at how much compute (on-policy distillation vs SFT-distillation vs RL); a
+    student wins only when its interval is apart from every other's. Figure: on-policy minus the next student."""
     scored = [(n, mean_pass1(stages[n], tasks)) for n in names if n in stages]
     scored = [(n, p) for n, p in scored if p is not None]
     if len(scored) < 2 or scored[0][0] != names[0]:
@@ -331,54 +346,87 @@ def onpolicy_finding(stages: dict[str, Stage], tasks: list[str],
     best = max(scored, key=lambda item: item[1][0])
     others = [f"{n} {100 * p[0]:.1f}% ± {100 * p[1]:.1f} at {flops[n]:.3g} FLOPs ({stages[n].wall_s:.0f} s)" for n, p in scored]
     onp = scored[0][1]
-    ties = [n for n, p in scored if n != best[0] and abs(p[0] - best[1][0]) <= p[1] + best[1][1]]
+    ties = [n for n, p in scored if n != best[0] and _gap(best[1], p)[1] <= 0]
     level = [n for n, p in scored if p[0] == best[1][0]]
     verdict = (f"no student wins ({', '.join(level)} level)" if len(level) > 1 else
-               f"{best[0]} wins" + (f" (within the intervals of {', '.join(ties)})" if ties else ""))
+               f"{best[0]} leads, intervals not apart from {', '.join(ties)}" if ties else f"{best[0]} wins")
     ratios = [f"{flops[n] / max(flops[names[0]], 1.0):.1f}x on-policy's FLOPs for {n}" for n, _ in scored[1:]]
+    gap = _gap(onp, scored[1][1])
     return Finding(f"Students: {verdict}", None, "mean pass@1 over tasks: " + "; ".join(others) + f". On-policy at "
-                   f"{100 * onp[0]:.1f}%; the others took " + ", ".join(ratios), observation=True)
+                   f"{100 * onp[0]:.1f}%; the others took " + ", ".join(ratios), observation=True,
+                   figure=f"{fmt_points(*gap)} on-policy vs {scored[1][0]}", value=gap[0], low=gap[1], high=gap[2],
+                   key=f"on-policy student vs {scored[1][0]} (mean pass@1)")
+
+
+def _gap(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float, float]:
+    """(a - b, low, high) of two (mean, 95% half-width) pairs."""
+    return difference(a[0], (a[0] - a[1], a[0] + a[1]), b[0], (b[0] - b[1], b[0] + b[1]))
 
 
 # ---------------------------------------------------------------- the speedrun's findings
+
+GRPO_GAIN = 0.15  # GRPO lifts the model it starts from by >= 15 points on at least one task
+R1_LEVEL = 0.9  # the R1 model is >= 90% on every task
+
 
 def findings(stages: dict[str, Stage], tasks: list[str], grpo_from: dict[str, str], final: str,
              students: tuple[str, str, str] = ("student-distilled", "student-rl", "student-base")) -> list[Finding]:
     """The R1 paper's claims, checked on a run: GRPO's gain over the stage each GRPO stage started from
     (`grpo_from`, in recipe order), the final model's accuracy, distilled vs RL-only student (`students`:
-    distilled, RL-only, their base), and how response length moved under GRPO."""
+    distilled, RL-only, their base), and how response length moved under GRPO. Each claim of a difference
+    passes only when the difference's 95% interval lies above 0 (see Finding)."""
 
-    def pass1(stage: str, task: str) -> float | None:
-        return (stages[stage].evals.get(task) or {}).get("pass1") if stage in stages else None
+    def ev(stage: str, task: str) -> dict | None:
+        return stages[stage].evals.get(task) if stage in stages else None
 
-    def mean_pass1(stage: str) -> float | None:
-        values = [pass1(stage, t) for t in tasks]
-        return None if any(v is None for v in values) else sum(values) / len(values)
+    def evs(stage: str) -> list[dict | None]:
+        return [ev(stage, t) for t in tasks]
 
-    gains = [(pass1(rl, t) - pass1(start, t), rl, start, t) for rl, start in grpo_from.items() for t in tasks
-             if pass1(rl, t) is not None and pass1(start, t) is not None]
-    best = max(gains, default=None)
-    out = [Finding(
-        "GRPO improves on the model it starts from by >= 15 points of pass@1 on at least one task",
-        None if best is None else best[0] >= 0.15,
-        "not measured" if best is None else
-        f"largest gain: {best[1]} over {best[2]} on {best[3]}, {100 * best[0]:+.1f} points "
-        f"(all gains: {', '.join(f'{g[1]}/{g[3]} {100 * g[0]:+.1f}' for g in gains)})"
-        + ("" if best is None else noise_note(stages[best[1]].evals.get(best[3]), stages[best[2]].evals.get(best[3]))))]
-    final_scores = {t: pass1(final, t) for t in tasks}
+    gains = [(diff, rl, start, t) for rl, start in grpo_from.items() for t in tasks
+             if (diff := compare(ev(rl, t), ev(start, t))) is not None]
+
+    def holds(gain) -> bool:
+        return gain[0][0] >= GRPO_GAIN and gain[0][1] > 0
+
+    best = max(gains, key=lambda g: (holds(g), g[0][0]), default=None)
+    claim = (f"GRPO improves on the model it starts from by >= {100 * GRPO_GAIN:.0f} points of pass@1 on at least one "
+             "task, intervals apart")
+    key = f"GRPO gain >= {100 * GRPO_GAIN:.0f} pts (best task)"
+    if best is None:
+        out = [Finding(claim, None, "not measured", key=key)]
+    else:
+        (gain, low, high), rl, start, task = best
+        out = [Finding(claim, holds(best), f"best gain: {rl} over {start} on {task}"
+                       + ("" if low > 0 else ", inside the noise (its interval holds 0)")
+                       + f"; all gains: {', '.join(f'{g[1]}/{g[3]} {100 * g[0][0]:+.1f}' for g in gains)}",
+                       figure=f"{fmt_points(gain, low, high)} {rl} over {start}, {task}", value=gain, low=low, high=high,
+                       key=key)]
+
+    final_evals = {t: ev(final, t) for t in tasks}
+    claim, key = f"The R1 model is >= {100 * R1_LEVEL:.0f}% (pass@1) on the in-distribution tasks", f"R1 >= {100 * R1_LEVEL:.0f}%"
+    if not tasks or not all(e and e.get("pass1") is not None for e in final_evals.values()):
+        out.append(Finding(claim, None, ", ".join(f"{t}: {_with_ci(e or {}, 'pass1')}" for t, e in final_evals.items()),
+                           key=key))
+    else:
+        worst = min(tasks, key=lambda t: final_evals[t]["pass1"])
+        interval = _interval(final_evals[worst], "pass1") or (None, None)
+        out.append(Finding(claim, all(e["pass1"] >= R1_LEVEL for e in final_evals.values()),
+                           ", ".join(f"{t}: {_with_ci(e, 'pass1')}" for t, e in final_evals.items())
+                           + "".join(threshold_note(final_evals[t], R1_LEVEL, label=f"{t}: ") for t in tasks),
+                           figure=f"{_with_ci(final_evals[worst], 'pass1')} {worst}", value=final_evals[worst]["pass1"],
+                           low=interval[0], high=interval[1], key=key))
+
+    distilled, rl_only, base = (mean_pass1(stages[name], tasks) if name in stages else None for name in students)
+    gap = compare(evs(students[0]), evs(students[1]))
     out.append(Finding(
-        "The R1 model is >= 90% (pass@1) on the in-distribution tasks",
-        None if None in final_scores.values() else all(v >= 0.9 for v in final_scores.values()),
-        ", ".join(f"{t}: {'–' if v is None else f'{100 * v:.1f}%'}" for t, v in final_scores.items())
-        + "".join(threshold_note(stages[final].evals.get(t), 0.9, label=f"{t}: ") for t in final_scores if final in stages)))
-    distilled, rl_only, base = (mean_pass1(name) for name in students)
-    out.append(Finding(
-        "The distilled student beats the RL-only student (the R1 paper's finding for small models)",
-        None if distilled is None or rl_only is None else distilled > rl_only,
-        "not measured" if distilled is None or rl_only is None else
-        f"mean pass@1 over tasks: {100 * distilled:.1f}% distilled vs {100 * rl_only:.1f}% RL-only"
-        + ("" if base is None else f" (both start from the student base at {100 * base:.1f}%)")
-        + noise_note([stages[students[0]].evals.get(t) for t in tasks], [stages[students[1]].evals.get(t) for t in tasks])))
+        "The distilled student beats the RL-only student (the R1 paper's finding for small models), intervals apart",
+        None if gap is None else gap[1] > 0,
+        "not measured" if gap is None else
+        f"mean pass@1 over tasks: {100 * distilled[0]:.1f}% distilled vs {100 * rl_only[0]:.1f}% RL-only"
+        + ("" if base is None else f" (both start from the student base at {100 * base[0]:.1f}%)")
+        + (", inside the noise (the interval of the difference holds 0)" if gap[1] <= 0 <= gap[2] else ""),
+        figure="" if gap is None else fmt_points(*gap), key="distilled student - RL-only student",
+        **({} if gap is None else dict(zip(("value", "low", "high"), gap)))))
     out.append(length_trend(stages, [name for name in grpo_from if name not in students]))
     third = onpolicy_finding(stages, tasks)
     if third is not None:
@@ -400,4 +448,5 @@ def length_trend(stages: dict[str, Stage], names: list[str]) -> Finding:
     verdict = ("grew" if all(m > 0 for m in moves) else "shrank" if all(m < 0 for m in moves) else "mixed") if moves else ""
     return Finding(f"Response length under GRPO: {verdict or 'not measured'} (R1's thinking grew with RL)", None,
                    "mean sampled response length, first vs last quarter of training: " + "; ".join(trend)
-                   if trend else "no GRPO curves", observation=bool(trend))
+                   if trend else "no GRPO curves", observation=bool(trend), key="response length under GRPO",
+                   figure=f"{verdict} ({', '.join(f'{m:+.0f}' for m in moves)} tokens)" if moves else "")

@@ -9,8 +9,11 @@ Methods (stated in the summaries and the report):
   problems when every problem scored the same (sd 0 says nothing about noise);
   "over samples": the noise of re-drawing the k samples for these same problems, +- 1.96 * sqrt(sum of
   p_i (1 - p_i) / (k - 1)) / n (p_i a problem's share); 0 with k = 1 or no spread inside problems.
-A difference of two accuracies is inside the noise when its interval, +- sqrt(h_a^2 + h_b^2) from the two
-half-widths (independent samples), contains 0.
+A difference of two accuracies a - b has the interval a - b +- sqrt(h_a^2 + h_b^2) from the two half-widths
+(independent estimates; with normal intervals h = 1.96 * se, so this is +- 1.96 * sqrt(se_a^2 + se_b^2)). It is
+inside the noise when that interval contains 0 (its ends included); the two are told apart ("intervals apart")
+only when it lies wholly above or below 0. The report's findings use this rule for every claim of a difference:
+"A beats B by >= X" holds only when the lower end is above 0 and the measured gain is >= X.
 """
 from __future__ import annotations
 
@@ -74,9 +77,22 @@ def half_width(interval) -> float:
     return 0.0 if not interval else (interval[1] - interval[0]) / 2
 
 
+def difference(a: float, a_interval, b: float, b_interval) -> tuple[float, float, float]:
+    """(a - b, low, high): the difference of two independent estimates and its 95% interval,
+    a - b +- sqrt(h_a^2 + h_b^2) from their intervals' half-widths."""
+    margin = math.hypot(half_width(a_interval), half_width(b_interval))
+    return a - b, a - b - margin, a - b + margin
+
+
 def inside_noise(a: float, a_interval, b: float, b_interval) -> bool:
-    """Whether a - b is indistinguishable from 0 at 95% given the two intervals."""
-    return abs(a - b) <= math.hypot(half_width(a_interval), half_width(b_interval))
+    """Whether a - b is indistinguishable from 0 at 95% given the two intervals (its interval holds 0)."""
+    _, low, high = difference(a, a_interval, b, b_interval)
+    return low <= 0 <= high
+
+
+def fmt_points(value: float, low: float, high: float) -> str:
+    """'+18.5 pts [+12.1, +24.9]': a difference of two shares and its interval, in percentage points."""
+    return f"{100 * value:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def fmt_interval(interval) -> str:
