@@ -313,7 +313,7 @@ def main() -> int:
     race.add_argument("--to-accuracy", action="store_true",
                       help="race both trainers from the 30%%-slip SFT model to --target (defaults: B=16, L=128)")
     race.add_argument("--target", type=float, default=0.9)
-    # each side's best of the same three tries, 5e-5, 1e-4 and 2e-4 (README: 2e-4 collapsed both)
+    # each side's best of the same three tries, 5e-5, 1e-4 and 2e-4 (docs/results.md: 2e-4 collapsed both)
     race.add_argument("--lr-r1lab", type=float, default=1e-4, help="r1lab's learning rate (constant)")
     race.add_argument("--lr-trl", type=float, default=5e-5, help="TRL's learning rate (constant)")
     race.add_argument("--eval-every", type=int, default=5, help="steps between held-out evaluations (untimed)")

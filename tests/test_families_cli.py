@@ -95,7 +95,7 @@ def test_sft_resume_grpo_eval(tmp_path, style):
 
 @pytest.mark.slow
 def test_r1_zero_grpo_on_a_gsm8k_file_from_an_instruct_model(tmp_path):
-    """The README's R1-Zero recipe in miniature: GRPO straight from a ChatML "instruct" model on a GSM8K file."""
+    """docs/open-models.md's R1-Zero recipe in miniature: GRPO straight from a ChatML "instruct" model on a GSM8K file."""
     make_model(tmp_path / "init", "qwen2", "chatml")
     data = tmp_path / "gsm8k_train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in GSM8K))

@@ -32,7 +32,7 @@ class GRPOSection:
     max_sampling_rounds: int = 4  # tries to fill the batch with informative groups
     time_limit_s: float = 0.0  # stop (and save) after this much wall time, even before max_steps (0: no limit)
     # completions per forward/backward, rows of similar length together (PolicyBatch.by_length); cpu-tiny, 1 thread,
-    # 128 real rollouts of the slip model: 32 rows 2.36 s, 64 rows 2.60 s (README, "GRPO's update")
+    # 128 real rollouts of the slip model: 32 rows 2.36 s, 64 rows 2.60 s (docs/training.md, "GRPO's update")
     micro_batch_size: int = 32
     # exact up to float summation order (tests/test_grpo_exact.py: gradients within 1e-5 of the padded update)
     skip_zero_advantage: bool = True  # beta = 0: rows with advantage 0 (no gradient) skip the forward/backward
