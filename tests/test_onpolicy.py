@@ -20,7 +20,7 @@ from r1lab.tokenizer import train_tokenizer
 from r1lab.train.grpo_collect import Rollouts
 from r1lab.train.grpo_config import GRPOSection
 from r1lab.train.grpo_loss import make_loss_fn, policy_batch, token_logp
-from r1lab.train.onpolicy import EndpointTeacher, LocalTeacher, OnPolicySection, reverse_kl_advantages
+from r1lab.train.onpolicy import EndpointTeacher, LocalTeacher, OnPolicySection, dense_kl, dense_loss_fn, reverse_kl_advantages
 from test_serve import serve
 
 
@@ -84,6 +84,28 @@ def test_reward_weight_adds_the_verified_reward_to_every_token():
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     adv = reverse_kl_advantages(torch.zeros(1, 3), torch.full((1, 3), -1.0), mask, torch.tensor([1.0]), 0.5)
     assert adv.tolist() == [[-0.5, -0.5, 0.0]]
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse"])
+def test_dense_divergences_by_hand_and_their_gradient_step(divergence):
+    p_s, p_t = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.7, 0.2, 0.1])
+    a, b = (p_t, p_s) if divergence == "forward" else (p_s, p_t)
+    kl = dense_kl(p_s.log()[None], p_t.log()[None], divergence)
+    assert kl.item() == pytest.approx(float((a * (a / b).log()).sum()), abs=1e-6)
+    assert dense_kl(p_t.log()[None], p_t.log()[None], divergence).item() == pytest.approx(0.0, abs=1e-7)
+    # the loss over a batch is the mean KL over its target tokens; a gradient step on the student lowers it
+    student, teacher = TwoTokens([0.0, 0.0]), TwoTokens([2.0, -1.0])
+    ids, mask = torch.tensor([[0, 0, 1], [0, 1, 1]]), torch.ones(2, 2)
+    batch = policy_batch(Rollouts([[0], [0]], [[0, 1], [1, 1]], [0.0, 0.0], [False, False]), torch.zeros(2), 0, False)
+    assert torch.equal(batch.input_ids, ids) and torch.equal(batch.target_mask, mask)
+    loss_fn = dense_loss_fn(teacher, divergence, 4, pack=False)
+    loss, parts = loss_fn(student, batch)
+    assert loss.item() == pytest.approx(parts["dense_kl"], abs=1e-6)  # 4 tokens, all in this one micro-batch
+    loss.backward()
+    assert teacher.logits.grad is None  # the teacher is a target, never trained
+    with torch.no_grad():
+        student.logits -= 0.5 * student.logits.grad
+    assert loss_fn(student, batch)[0].item() < loss.item()
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +175,17 @@ def test_on_policy_distill_logs_its_metrics(pair, tmp_path):
         assert key in rows[0]
     assert rows[0]["reverse_kl"] == pytest.approx(rows[0]["student_logp"] - rows[0]["teacher_logp"], abs=1e-5)
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_on_policy_forward_divergence_trains_and_refuses_an_endpoint(pair, tmp_path, capsys):
+    student_dir, teacher_dir = pair
+    assert main(["distill", "--method", "on-policy", "--teacher", str(teacher_dir), "--student", str(student_dir),
+                 "--out", str(tmp_path / "run"), "max_steps=2", "onpolicy.divergence=forward", *FAST]) == 0
+    rows = read(tmp_path / "run" / "metrics.jsonl")
+    assert rows[0]["dense_kl"] > 0 and rows[0]["loss"] == pytest.approx(rows[0]["dense_kl"], rel=0.2)
+    assert main(["distill", "--method", "on-policy", "--teacher", "http://127.0.0.1:9", "--student", str(student_dir),
+                 "--out", str(tmp_path / "run2"), "max_steps=1", "onpolicy.divergence=reverse", *FAST]) == 2
+    assert "needs the teacher's whole next-token distribution" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # three runs in subprocesses: about 100 s on a loaded 2-core machine

@@ -144,15 +144,15 @@ def test_aha_recipe_stages(tmp_path):
                ("addition", 0.3, True, {"addition": {"digits": 4}}) for n in names)
     assert [recipe.stage(n).start for n in (*names, "aha-zero", "aha-control")] == [
         "base", "aha-skill", "base", "aha-control-skill", "aha-base", "aha-control-base"]
-    assert eval_settings(recipe.stage("aha-skill"), recipe) == ([], 128)  # not evaluated
+    assert eval_settings(recipe.stage("aha-skill"), recipe) == ([], 128, False)  # not evaluated
     for name in ("aha-zero", "aha-control"):
         zero = cfg[name][0]
         assert (zero.grpo.tasks, zero.grpo.knobs, zero.grpo.max_new_tokens, zero.grpo.loss) == (
             "addition", {"addition": {"digits": 4}}, 256, "dapo")
-        assert eval_settings(recipe.stage(name), recipe) == (["addition"], 256)
-    assert eval_settings(recipe.stage("base"), recipe) == (["addition", "countdown"], 128)
+        assert eval_settings(recipe.stage(name), recipe) == (["addition"], 256, False)
+    assert eval_settings(recipe.stage("base"), recipe) == (["addition", "countdown"], 128, False)
     assert cfg["base"][0].data.check == 0.0
     smoke = load_recipe("aha-smoke", ["aha-zero.eval.tasks=addition,countdown"])
-    assert eval_settings(smoke.stage("aha-zero"), smoke) == (["addition", "countdown"], 48)
+    assert eval_settings(smoke.stage("aha-zero"), smoke) == (["addition", "countdown"], 48, False)
     with pytest.raises(ConfigError, match="unknown eval key 'k'"):
         eval_settings(load_recipe("aha", ["aha-zero.eval.k=2"]).stage("aha-zero"), recipe)

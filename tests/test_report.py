@@ -51,27 +51,17 @@ def test_report_card(tmp_path, per_task):
     assert "- a note" in lines
 
 
-def test_three_students_table_and_finding(tmp_path):
-    from r1lab.eval.report import findings
-
+def test_three_students_table(tmp_path):
     def student(name, pass1, flops, wall):
         evals = {t: {"pass1": pass1, "greedy": pass1, "maj": pass1, "mean_length": 50.0, "truncated": 0.0, "k": 4, "n": 100}
                  for t in ("addition", "countdown")}
         return Stage(name, name, wall, flops, 0.0, {}, None, evals)
 
-    stages = {s.name: s for s in (student("student-distilled", 0.5, 2e12, 36.0), student("student-rl", 0.1, 4e12, 50.0),
-                                  student("student-onpolicy", 0.7, 1e12, 36.0))}
-    found = findings(stages, ["addition", "countdown"], {"student-rl": "student-base"}, "student-distilled")
-    last = found[-1]
-    assert last.claim == "Students: student-onpolicy wins" and last.observation
+    stages = [student("student-distilled", 0.5, 2e12, 36.0), student("student-rl", 0.1, 4e12, 50.0),
+              student("student-onpolicy", 0.7, 1e12, 36.0)]
+    report = write_report(tmp_path / "run", stages, [], ["addition", "countdown"], students=stages)
+    lines = report.read_text().splitlines()
     # evals without intervals: Wilson over each task's 100 problems at 70%, [60.4, 78.1], half-width 8.84;
     # the mean of two tasks: sqrt(2 * 8.84^2) / 2 = 6.3 points
-    assert "student-onpolicy 70.0% ± 6.3 at 1e+12 FLOPs (36 s)" in last.detail
-    # the figure: on-policy minus the next student, 70 - 50 = +20 points, margin hypot(6.25, 6.80) = 9.2
-    assert last.figure == "+20.0 pts [+10.8, +29.2] on-policy vs student-distilled"
-    assert "2.0x on-policy's FLOPs for student-distilled, 4.0x on-policy's FLOPs for student-rl" in last.detail
-    report = write_report(tmp_path / "run", list(stages.values()), found, ["addition", "countdown"],
-                          students=list(stages.values()))
-    lines = report.read_text().splitlines()
     assert "| student-onpolicy | 70.0% ± 6.3 | 1e+12 | 36 s |" in lines
     assert "| student-rl | 10.0% ± 4.2 | 4e+12 | 50 s |" in lines

@@ -16,58 +16,77 @@ def _e(pass1, half, n=200):
     return {"pass1": pass1, "pass1_ci": [pass1 - half, pass1 + half], "n": n, "k": 4}
 
 
-def _run(base, zero, r1, distilled, rl):
+CHAIN = ["r1-cold-start", "r1-grpo1", "r1"]
+
+
+def _run(base, zero, cold, grpo1, r1, distilled, rl):
     """Stages whose evals are (pass1, half-width) per task."""
     def stage(name, pairs):
         return Stage(name, name, 1.0, 1.0, evals={t: _e(*p) for t, p in zip(TASKS, pairs)})
-    return {s.name: s for s in (stage("base", base), stage("r1-zero", zero), stage("r1", r1),
-                                stage("student-distilled", distilled), stage("student-rl", rl))}
+    return {s.name: s for s in (stage("base", base), stage("r1-zero", zero), stage("r1-cold-start", cold),
+                                stage("r1-grpo1", grpo1), stage("r1", r1), stage("student-distilled", distilled),
+                                stage("student-rl", rl))}
+
+
+def _by_key(found):
+    return {f.key: f for f in found}
 
 
 def test_difference_verdicts_need_intervals_apart():
-    narrow = findings(_run(base=[(0.30, 0.05), (0.10, 0.05)], zero=[(0.50, 0.05), (0.12, 0.05)],
-                           r1=[(0.95, 0.02), (0.91, 0.03)], distilled=[(0.60, 0.05)] * 2, rl=[(0.40, 0.05)] * 2),
-                      TASKS, {"r1-zero": "base"}, "r1")
-    gain, level, students = narrow[0], narrow[1], narrow[2]
+    narrow = _by_key(findings(_run(base=[(0.30, 0.05), (0.10, 0.05)], zero=[(0.50, 0.05), (0.12, 0.05)],
+                                   cold=[(0.60, 0.05), (0.50, 0.05)], grpo1=[(0.70, 0.04), (0.60, 0.05)],
+                                   r1=[(0.95, 0.02), (0.91, 0.03)], distilled=[(0.60, 0.05)] * 2, rl=[(0.40, 0.05)] * 2),
+                              TASKS, CHAIN, "r1"))
+    gain = narrow["R1-Zero over base >= 15 pts"]
     # +20 points, margin hypot(5, 5) = 7.07: [+12.9, +27.1]
     assert gain.passed is True and gain.figure == "+20.0 pts [+12.9, +27.1] r1-zero over base, addition"
     assert (gain.value, gain.low, gain.high) == pytest.approx((0.20, 0.20 - 0.0707107, 0.20 + 0.0707107))
-    # a level: judged on the value, the worst task shown with its interval
-    assert level.passed is True and level.figure == "91.0% [88.0, 94.0] countdown" and level.value == pytest.approx(0.91)
+    cold = narrow["R1 over its cold start >= 10 pts"]  # +41 on countdown, margin hypot(3, 5) = 5.8
+    assert cold.passed is True and cold.figure == "+41.0 pts [+35.2, +46.8] r1 over r1-cold-start, countdown"
+    assert narrow["no R1 stage loses"].passed is True and narrow["R1 best on every task"].passed is True
+    students = narrow["distilled student - RL-only student"]
     # the mean over two tasks: half-width sqrt(2 * 0.05^2) / 2 = 3.54 each, difference margin 5.0
     assert students.passed is True and students.figure == "+20.0 pts [+15.0, +25.0]"
 
-    wide = findings(_run(base=[(0.30, 0.15), (0.10, 0.05)], zero=[(0.50, 0.15), (0.12, 0.05)],
-                         r1=[(0.95, 0.02), (0.89, 0.03)], distilled=[(0.45, 0.10)] * 2, rl=[(0.40, 0.10)] * 2),
-                    TASKS, {"r1-zero": "base"}, "r1")
-    gain, level, students = wide[0], wide[1], wide[2]
+    wide = _by_key(findings(_run(base=[(0.30, 0.15), (0.10, 0.05)], zero=[(0.50, 0.15), (0.12, 0.05)],
+                                 cold=[(0.90, 0.05), (0.85, 0.05)], grpo1=[(0.70, 0.05), (0.80, 0.05)],
+                                 r1=[(0.95, 0.02), (0.89, 0.03)], distilled=[(0.45, 0.10)] * 2, rl=[(0.40, 0.10)] * 2),
+                            TASKS, CHAIN, "r1"))
+    gain = wide["R1-Zero over base >= 15 pts"]
     # +20 points >= 15 but the margin hypot(15, 15) = 21.2 reaches below 0: not claimed
     assert gain.passed is False and gain.figure.startswith("+20.0 pts [-1.2, +41.2]") and "inside the noise" in gain.detail
     assert inside_noise(0.50, (0.35, 0.65), 0.30, (0.15, 0.45)) and gain.low <= 0  # the same rule as stats.inside_noise
-    assert level.passed is False and "90% is inside the 95% interval" in level.detail
+    assert wide["R1 over its cold start >= 10 pts"].passed is False  # +5 and +4: under the bar
+    lost = wide["no R1 stage loses"]  # r1-grpo1 lost 20 points on addition, margin 7.1: beyond the noise
+    assert lost.passed is False and "r1-grpo1 after r1-cold-start on addition" in lost.detail
+    assert lost.figure.startswith("-20.0 pts [-27.1, -12.9]")
+    assert wide["R1 best on every task"].passed is True  # countdown: 89 vs 85, inside the noise, still no rival above
+    students = wide["distilled student - RL-only student"]
     assert students.passed is False and students.low < 0 < students.high and "inside the noise" in students.detail
 
 
-def test_gain_verdict_prefers_a_gain_that_holds():
-    """A larger gain inside the noise does not hide a smaller one that clears the bar with intervals apart."""
-    found = findings(_run(base=[(0.10, 0.30), (0.10, 0.02)], zero=[(0.50, 0.30), (0.30, 0.02)],
-                          r1=[(0.95, 0.02)] * 2, distilled=[(0.5, 0.05)] * 2, rl=[(0.4, 0.05)] * 2),
-                     TASKS, {"r1-zero": "base"}, "r1")
-    assert found[0].passed is True and found[0].figure.endswith("countdown") and found[0].figure.startswith("+20.0 pts")
+def test_a_rival_above_the_final_model_beyond_the_noise_fails_best():
+    found = _by_key(findings(_run(base=[(0.3, 0.05)] * 2, zero=[(0.99, 0.01), (0.5, 0.05)], cold=[(0.6, 0.05)] * 2,
+                                  grpo1=[(0.7, 0.05)] * 2, r1=[(0.80, 0.03), (0.9, 0.03)], distilled=[(0.5, 0.05)] * 2,
+                                  rl=[(0.4, 0.05)] * 2), TASKS, CHAIN, "r1"))
+    best = found["R1 best on every task"]
+    assert best.passed is False and "r1-zero on addition" in best.detail and best.figure.startswith("-19.0 pts")
 
 
-def test_students_not_apart_is_no_win():
-    from r1lab.eval.report import onpolicy_finding
-
-    def student(name, pass1):
-        return Stage(name, name, 1.0, 1.0, evals={t: _e(pass1, 0.05) for t in TASKS})
-
-    close = {s.name: s for s in (student("student-onpolicy", 0.54), student("student-distilled", 0.50),
-                                 student("student-rl", 0.1))}
-    found = onpolicy_finding(close, TASKS)
-    # +4 points, margin sqrt(2) * 3.54 = 5.0: the interval holds 0, so no student "wins"
-    assert found.claim == "Students: student-onpolicy leads, intervals not apart from student-distilled"
-    assert found.figure == "+4.0 pts [-1.0, +9.0] on-policy vs student-distilled" and found.low < 0
+def test_paired_difference_when_both_carry_per_problem_shares():
+    """Judged on the same problems, a difference is measured problem by problem: a model right on 10 more of
+    100 problems, and equal on the rest, is apart from the other although their intervals overlap."""
+    from r1lab.eval.report import compare
+    from r1lab.eval.stats import paired_difference
+    a = [1.0] * 60 + [0.0] * 40
+    b = [1.0] * 50 + [0.0] * 50
+    ea = {"pass1": 0.6, "pass1_ci": [0.50, 0.70], "n": 100, "pass1_each": a}
+    eb = {"pass1": 0.5, "pass1_ci": [0.40, 0.60], "n": 100, "pass1_each": b}
+    gap, low, high = compare(ea, eb)
+    assert gap == pytest.approx(0.10) and low > 0  # the 10 problems differ, 90 agree: sd 0.30, half 5.9 points
+    assert (gap, low, high) == pytest.approx(paired_difference(a, b))
+    assert compare({k: v for k, v in ea.items() if k != "pass1_each"}, eb)[1] < 0  # unpaired: inside the noise
+    assert paired_difference([None, 1.0], [0.0, 1.0]) == (0.0, 0.0, 0.0)  # a problem one skipped is left out
 
 
 def test_report_line_shows_the_figure(tmp_path):
@@ -81,8 +100,8 @@ def test_report_line_shows_the_figure(tmp_path):
 
 
 def test_unmeasured_findings_have_no_figure():
-    found = findings({}, TASKS, {"r1-zero": "base"}, "r1")
-    assert [f.passed for f in found[:3]] == [None, None, None] and all(f.figure == "" for f in found[:3])
+    found = findings({}, TASKS, CHAIN, "r1")
+    assert [f.passed for f in found[:5]] == [None] * 5 and all(f.figure == "" for f in found[:5])
 
 
 def _summary(folder, seed, items, keep_seed=True):

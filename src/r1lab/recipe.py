@@ -19,7 +19,9 @@ from .config import ConfigError, coerce, parse_overrides
 KINDS = ("pretrain", "sft", "grpo", "onpolicy")
 SFT_DATA = ("cold_start", "traces")
 TRACE_KEYS = {"teacher": str, "problems": int, "k": int, "seed": int, "folder": str, "add_cold_start": bool}
-EVAL_KEYS = {"tasks": str, "max_new_tokens": int}  # a stage's own evaluation (default: the recipe-wide values)
+# a stage's own evaluation (default: the recipe-wide values); curve: its kept checkpoints are evaluated too (a
+# line of accuracy against FLOPs from the stage it starts from; keep them with train.keep_checkpoints=0)
+EVAL_KEYS = {"tasks": str, "max_new_tokens": int, "curve": bool}
 
 
 @dataclass
@@ -193,9 +195,10 @@ def split_traces(spec: StageSpec, recipe: Recipe) -> tuple[list[str], dict[str, 
     return items, traces
 
 
-def eval_settings(spec: StageSpec, recipe: Recipe) -> tuple[list[str], int]:
-    """(tasks, max_new_tokens) a stage is evaluated on: the recipe's, unless its `eval` (or an `eval.KEY=VALUE`
-    item of its `set`) says otherwise; `tasks: ""` (no tasks) leaves the stage unevaluated."""
+def eval_settings(spec: StageSpec, recipe: Recipe) -> tuple[list[str], int, bool]:
+    """(tasks, max_new_tokens, curve) a stage is evaluated on: the recipe's, unless its `eval` (or an
+    `eval.KEY=VALUE` item of its `set`) says otherwise; `tasks: ""` (no tasks) leaves the stage unevaluated;
+    curve: its kept checkpoints too."""
     settings = dict(spec.eval)
     for item in spec.set:
         key, value = parse_overrides([item])[0]
@@ -205,4 +208,4 @@ def eval_settings(spec: StageSpec, recipe: Recipe) -> tuple[list[str], int]:
                 raise ConfigError(f"stage {spec.name}: unknown eval key {name!r}; valid: {', '.join(EVAL_KEYS)}")
             settings[name] = coerce(value, EVAL_KEYS[name], key)
     names = [t.strip() for t in str(settings.get("tasks", recipe.tasks)).split(",") if t.strip()]
-    return names, int(settings.get("max_new_tokens", recipe.max_new_tokens))
+    return names, int(settings.get("max_new_tokens", recipe.max_new_tokens)), bool(settings.get("curve", False))

@@ -32,6 +32,7 @@ from . import tasks
 from .config import ConfigError, build, parse_overrides, revalidate, set_key
 from .engine import Engine
 from .eval import aha
+from .eval.compare import Curve, Point, plot as plot_curves, table as curve_table
 from .eval.evaluate import evaluate, load_problems, write_results
 from .eval.report import Stage, findings, read_metrics, write_report
 from .eval.seeds import write_findings
@@ -70,10 +71,11 @@ def _stage_done(folder: Path) -> StageRecord | None:
     return None
 
 
-def _flops_from_metrics(metrics: Path, ckpt: Path) -> tuple[float, float]:
-    """(training FLOPs, generation FLOPs) of a run, from its metrics.jsonl and its model's accounting."""
+def _flops_from_metrics(metrics: Path, ckpt: Path, upto: int | None = None) -> tuple[float, float]:
+    """(training FLOPs, generation FLOPs) of a run (its steps up to `upto`), from its metrics.jsonl and its
+    model's accounting."""
     model = load_model(ckpt, verify=False)
-    rows = read_metrics(metrics)
+    rows = [r for r in read_metrics(metrics) if upto is None or r.get("step", 0) <= upto]
     train = gen = 0.0
     for r in rows:
         if "gen_tokens" in r:  # GRPO: forward for sampling, forward+backward for the update
@@ -95,6 +97,9 @@ def _finish_stage(folder: Path, name: str, started: float, run_dir: Path, notes:
                          load_model(final, verify=False).param_count(), str(metrics) if is_grpo else None, notes or {})
     (folder / "stage.json").write_text(json.dumps(asdict(record), indent=2) + "\n")
     return record
+
+
+STUDENTS = ("student-base", "student-rl", "student-sft", "student-distilled", "student-onpolicy", "student-grpo")
 
 
 class Speedrun:
@@ -168,10 +173,11 @@ class Speedrun:
         else:
             grpo(cfg, folder, init=init, resume=True)
 
-    def teacher_flops(self, spec: StageSpec, folder: Path) -> float:
+    def teacher_flops(self, spec: StageSpec, folder: Path, upto: int | None = None) -> float:
         """The teacher's scoring forward passes over the student's sampled tokens (counted as generation)."""
         teacher = load_model(self.records[spec.teacher].checkpoint, verify=False)
-        tokens = sum(r.get("gen_tokens", 0) for r in read_metrics(folder / "metrics.jsonl"))
+        tokens = sum(r.get("gen_tokens", 0) for r in read_metrics(folder / "metrics.jsonl")
+                     if upto is None or r.get("step", 0) <= upto)
         return tokens * teacher.flops_per_token(256, training=False)
 
     # ---- SFT data
@@ -240,43 +246,99 @@ class Speedrun:
         return report
 
     def evaluate(self) -> dict[str, dict[str, dict]]:
+        """Every stage's final checkpoint on the held-out problems (eval.json, eval/NAME.jsonl); a stage with
+        `eval: {curve: true}` also each of its kept checkpoints but the last, as NAME@STEP."""
         recipe = self.recipe
         path = self.out / "eval.json"
         evals: dict[str, dict[str, dict]] = json.loads(path.read_text()) if path.exists() else {}
         for name, record in self.records.items():
-            if name in evals:
-                continue
-            task_list, max_tokens = eval_settings(recipe.stage(name), recipe)
-            if not task_list:  # `eval: {tasks: ""}`: a stage on the way to another, not worth evaluating
-                evals[name] = {}
-                continue
-            self.log(f"eval {name}")
-            model, tokenizer = load(record.checkpoint)
-            engine = Engine(model, tokenizer)
-            results = []
-            for task in task_list:
-                problems = load_problems(task, recipe.eval_problems, seed=recipe.seed + 5, **recipe.knobs.get(task, {}))
-                results.append(evaluate(engine, tokenizer, problems, task, k=recipe.eval_k, temperature=1.0,
-                                        max_tokens=max_tokens, seed=recipe.seed))
-            write_results(results, self.out / "eval" / f"{name}.jsonl")
-            evals[name] = {r.task: r.summary() for r in results}
-            path.write_text(json.dumps(evals, indent=2) + "\n")
+            task_list, max_tokens, curve = eval_settings(recipe.stage(name), recipe)
+            points = [(name, record.checkpoint)]
+            if curve:
+                points += [(f"{name}@{step}", str(folder)) for step, folder in self.curve_checkpoints(name)]
+            for key, checkpoint in points:
+                if key in evals:
+                    continue
+                if not task_list:  # `eval: {tasks: ""}`: a stage on the way to another, not worth evaluating
+                    evals[key] = {}
+                    continue
+                self.log(f"eval {key}")
+                model, tokenizer = load(checkpoint)
+                engine = Engine(model, tokenizer)
+                results = []
+                for task in task_list:
+                    problems = load_problems(task, recipe.eval_problems, seed=recipe.seed + 5, **recipe.knobs.get(task, {}))
+                    results.append(evaluate(engine, tokenizer, problems, task, k=recipe.eval_k, temperature=1.0,
+                                            max_tokens=max_tokens, seed=recipe.seed))
+                write_results(results, self.out / "eval" / f"{key}.jsonl")
+                evals[key] = {r.task: r.summary() for r in results}
+                path.write_text(json.dumps(evals, indent=2) + "\n")
         return evals
+
+    def curve_checkpoints(self, name: str) -> list[tuple[int, Path]]:
+        """A stage's kept checkpoints (step, folder) in step order, the last one (the final model) left out."""
+        folders = sorted((int(f.name[5:]), f) for f in (self.out / name / "checkpoints").glob("step_*") if f.name[5:].isdigit())
+        return folders[:-1]
+
+    def curves(self, evals: dict) -> list[Curve]:
+        """One line of accuracy against FLOPs per `curve` stage: its start at 0 FLOPs, its checkpoints, its final."""
+        out = []
+        for spec in self.recipe.stages:
+            if spec.name not in self.records or not eval_settings(spec, self.recipe)[2] or spec.start not in evals:
+                continue
+            folder, record = self.out / spec.name, self.records[spec.name]
+            points = [Point(0.0, evals[spec.start], "start")]
+            for step, checkpoint in self.curve_checkpoints(spec.name):
+                if f"{spec.name}@{step}" in evals:
+                    points.append(Point(self.stage_flops(spec, folder, checkpoint, step), evals[f"{spec.name}@{step}"],
+                                        f"step {step}"))
+            points.append(Point(record.train_flops + record.gen_flops, evals.get(spec.name, {}), "final"))
+            out.append(Curve(spec.name, spec.start, points))
+        return out
+
+    def stage_flops(self, spec: StageSpec, folder: Path, checkpoint: Path, step: int) -> float:
+        """FLOPs a stage spent up to `step`: its update and sampling, and on-policy the teacher's scoring."""
+        train_f, gen_f = _flops_from_metrics(folder / "metrics.jsonl", checkpoint, upto=step)
+        return train_f + gen_f + (self.teacher_flops(spec, folder, upto=step) if spec.kind == "onpolicy" else 0.0)
 
     def report(self, evals: dict, wall_s: float) -> Path:
         stages = {n: Stage(n, r.checkpoint, r.wall_s, r.train_flops, r.gen_flops, r.params, r.metrics, evals.get(n, {}))
                   for n, r in self.records.items()}
         # the aha stages answer their own question (eval/aha.py), apart from the R1 pipeline's findings
-        grpo_from = {s.name: s.start for s in self.recipe.stages if s.kind == "grpo" and s.name not in aha.NAMES}
+        grpo_stages = [s.name for s in self.recipe.stages if s.kind == "grpo" and s.name not in aha.NAMES]
         starts = {s.name: s.start for s in self.recipe.stages if s.name in aha.NAMES}
-        found = findings(stages, self.task_list, grpo_from, self.recipe.final) + aha.aha_findings(stages, starts)
-        students = [stages[n] for n in ("student-base", "student-distilled", "student-rl", "student-onpolicy") if n in stages]
+        curves = self.curves(evals)
+        found = findings(stages, self.task_list, self.chain(), self.recipe.final, curves,
+                         grpo_stages=grpo_stages) + aha.aha_findings(stages, starts)
+        students = [stages[n] for n in STUDENTS if n in stages]
         notes = [f"recipe: {json.dumps(asdict(self.recipe))}", f"total wall time including evaluation: {wall_s / 60:.1f} min",
                  "held-out problems: each task's test split (a hash of the problem decides; never trained on)"]
+        sections = aha.aha_section(stages, self.out, starts)
+        if curves:
+            figure = plot_curves(curves, self.task_list, self.out / "students_by_flops.png",
+                                 f"from {curves[0].start}: accuracy against compute")
+            sections += ["## The students at equal compute", "",
+                         f"Each continues the same student ({curves[0].start}); FLOPs count the "
+                         "update, the sampling and, on-policy, the teacher's scoring (the SFT traces were paid for "
+                         "before the start).", "", *curve_table(curves, self.task_list), ""]
+            if figure:
+                sections += [f"![accuracy against FLOPs]({figure.name})", ""]
         return write_report(self.out, list(stages.values()), found, self.task_list, title=f"r1lab speedrun: {self.out.name}",
                             notes=notes, extra_plots=[("Distilled vs RL-only student", students)] if students else None,
                             students=[s for s in students if s.name != "student-base"],
-                            sections=aha.aha_section(stages, self.out, starts), seed=self.recipe.seed)
+                            sections=sections, seed=self.recipe.seed)
+
+    def chain(self) -> list[str]:
+        """R1's pipeline: the stages the final model descends from, after the last pretraining stage (cold start
+        first)."""
+        out, name = [], self.recipe.final
+        while name:
+            spec = self.recipe.stage(name)
+            if spec.kind == "pretrain":
+                break
+            out.append(name)
+            name = spec.start
+        return out[::-1]
 
 
 def add_speedrun_arguments(p: argparse.ArgumentParser) -> None:

@@ -81,6 +81,9 @@ class TaskResult:
     wait_right_guess: float | None = None
     wait_wrong_guess: float | None = None
     checks_right_guess: int | None = None  # how many checks had a right first answer (the first share's base)
+    # each problem's share of right samples, in the order of the problems (None: skipped), so that two models
+    # judged on the same problems can be compared problem by problem (stats.paired_difference)
+    pass1_each: list[float | None] | None = None
     ci_method: str = CI_METHOD
     problems: list[dict] = field(default_factory=list, repr=False)
 
@@ -253,6 +256,7 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
                       wait_right_guess=waits[True][1] / waits[True][0] if checking and waits[True][0] else None,
                       wait_wrong_guess=waits[False][1] / waits[False][0] if checking and waits[False][0] else None,
                       checks_right_guess=waits[True][0] if checking else None,
+                      pass1_each=[rows[i].get("pass1") for i in range(len(problems))] if k > 0 else None,
                       problems=[rows[i] for i in range(len(problems))])
 
 

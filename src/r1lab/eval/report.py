@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .stats import difference, fmt_interval, fmt_points, half_width, wilson
+from .stats import difference, fmt_interval, fmt_points, half_width, paired_difference, wilson
 
 H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak, per GPU
 ASSUMED_MFU = 0.35  # what a well-tuned small-model run reaches on it
@@ -199,7 +199,14 @@ def _mean_and_margin(evals: dict | list[dict | None] | None, key: str = "pass1")
 
 def compare(a, b, key: str = "pass1") -> tuple[float, float, float] | None:
     """(a - b, low, high): the difference of two evals' `key` (or of their means over tasks, given lists) and
-    its 95% interval (stats.difference); None when either lacks the value or an interval."""
+    its 95% interval: problem by problem (stats.paired_difference) where both carry pass@1 per problem over the
+    same problems (the speedrun judges every stage on one draw), else from the two intervals (stats.difference);
+    None when either lacks the value or an interval."""
+    a_list, b_list = (x if isinstance(x, list) else [x] for x in (a, b))
+    if key == "pass1" and len(a_list) == len(b_list) and all(
+            x and y and x.get("pass1_each") and len(x["pass1_each"]) == len(y.get("pass1_each") or [])
+            and len(x["pass1_each"]) == len(a_list[0]["pass1_each"]) for x, y in zip(a_list, b_list)):
+        return paired_difference([v for x in a_list for v in x["pass1_each"]], [v for y in b_list for v in y["pass1_each"]])
     first, second = _mean_and_margin(a, key), _mean_and_margin(b, key)
     if first is None or second is None:
         return None
@@ -334,90 +341,127 @@ def student_table(students: list[Stage], tasks: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def onpolicy_finding(stages: dict[str, Stage], tasks: list[str],
-                     names: tuple[str, ...] = ("student-onpolicy", "student-distilled", "student-rl")) -> Finding | None:
-    """Which student wins, and at how much compute (on-policy distillation vs SFT-distillation vs RL); a
-    student wins only when its interval is apart from every other's. Figure: on-policy minus the next student."""
-    scored = [(n, mean_pass1(stages[n], tasks)) for n in names if n in stages]
-    scored = [(n, p) for n, p in scored if p is not None]
-    if len(scored) < 2 or scored[0][0] != names[0]:
+# ---------------------------------------------------------------- the speedrun's findings
+
+ZERO_GAIN = 0.15  # R1-Zero: GRPO from the base lifts pass@1 by >= 15 points on at least one task
+COLD_START_GAIN = 0.10  # R1 beats its own cold-start SFT by >= 10 points on at least one task
+ONPOLICY_GAIN = 0.05  # on-policy distillation beats continued SFT at equal FLOPs by >= 5 points...
+ONPOLICY_FLOPS_SHARE = 1 / 3  # ...or reaches continued SFT's final accuracy with <= 1/3 of its FLOPs
+
+
+def _gain_finding(claim: str, key: str, stages: dict[str, Stage], tasks: list[str], pairs: list[tuple[str, str]],
+                  bar: float) -> Finding:
+    """Whether `a` beats `b` by >= bar on at least one task, intervals apart, for some (a, b) in pairs; the
+    figure is the gain that holds (else the largest one) with its interval."""
+    gains = [(diff, a, b, t) for a, b in pairs for t in tasks if a in stages and b in stages
+             if (diff := compare(stages[a].evals.get(t), stages[b].evals.get(t))) is not None]
+    if not gains:
+        return Finding(claim, None, "not measured", key=key)
+
+    def holds(g) -> bool:
+        return g[0][0] >= bar and g[0][1] > 0
+
+    (gain, low, high), a, b, task = best = max(gains, key=lambda g: (holds(g), g[0][0]))
+    return Finding(claim, holds(best), f"best gain: {a} over {b} on {task}"
+                   + ("" if low > 0 else ", inside the noise (its interval holds 0)")
+                   + f"; all: {', '.join(f'{g[1]} over {g[2]}, {g[3]} {100 * g[0][0]:+.1f}' for g in gains)}",
+                   figure=f"{fmt_points(gain, low, high)} {a} over {b}, {task}", value=gain, low=low, high=high, key=key)
+
+
+def best_model_finding(stages: dict[str, Stage], tasks: list[str], final: str, rivals: list[str]) -> Finding:
+    """The final model is the recipe's best on every task: no rival's pass@1 is above it beyond the noise.
+    The figure is the final model's smallest lead (or largest deficit) over a rival, with its interval."""
+    claim, key = "R1 is the recipe's best model on every task (no stage above it beyond the noise)", "R1 best on every task"
+    leads = [(diff, rival, t) for rival in rivals for t in tasks if rival in stages and final in stages
+             if (diff := compare(stages[final].evals.get(t), stages[rival].evals.get(t))) is not None]
+    if not leads:
+        return Finding(claim, None, "not measured", key=key)
+    (lead, low, high), rival, task = min(leads, key=lambda g: g[0][0])
+    beaten = [f"{r} on {t} ({fmt_points(*d)})" for d, r, t in leads if d[2] < 0]
+    return Finding(claim, not beaten, ("above it beyond the noise: " + "; ".join(beaten)) if beaten else
+                   f"its smallest lead: over {rival} on {task}" + (", inside the noise" if low <= 0 <= high else ""),
+                   figure=f"{fmt_points(lead, low, high)} over {rival}, {task}", value=lead, low=low, high=high, key=key)
+
+
+def no_loss_finding(stages: dict[str, Stage], tasks: list[str], chain: list[str]) -> Finding:
+    """No stage of R1's pipeline loses pass@1 against the stage before it beyond the noise (a drop is allowed
+    only while its interval still holds 0). The figure is the largest drop (or smallest gain)."""
+    claim, key = "No stage of R1's pipeline loses more than its interval", "no R1 stage loses"
+    steps = [(diff, b, a, t) for a, b in zip(chain, chain[1:]) for t in tasks if a in stages and b in stages
+             if (diff := compare(stages[b].evals.get(t), stages[a].evals.get(t))) is not None]
+    if not steps:
+        return Finding(claim, None, "not measured", key=key)
+    (move, low, high), b, a, task = min(steps, key=lambda g: g[0][0])
+    lost = [f"{g[1]} after {g[2]} on {g[3]} ({fmt_points(*g[0])})" for g in steps if g[0][2] < 0]
+    return Finding(claim, not lost, ("lost beyond the noise: " + "; ".join(lost)) if lost else
+                   f"the weakest step: {b} after {a} on {task}; every step: "
+                   + ", ".join(f"{g[1]} {g[3]} {100 * g[0][0]:+.1f}" for g in steps),
+                   figure=f"{fmt_points(move, low, high)} {b} after {a}, {task}", value=move, low=low, high=high, key=key)
+
+
+def onpolicy_vs_sft_finding(curves: list, tasks: list[str], onpolicy: str = "student-onpolicy",
+                            sft: str = "student-distilled") -> Finding | None:
+    """From one partly SFT'd student and at equal FLOPs (sampling and teacher scoring counted), on-policy
+    distillation beats continued SFT by >= 5 points with intervals apart, or reaches continued SFT's final
+    accuracy (its point estimate) with <= 1/3 of SFT's FLOPs."""
+    from .compare import difference as curve_difference, mean_accuracy, nearest
+    by_name = {c.name: c for c in curves}
+    if onpolicy not in by_name or sft not in by_name:
         return None
-    flops = {n: stages[n].train_flops + stages[n].gen_flops for n, _ in scored}
-    best = max(scored, key=lambda item: item[1][0])
-    others = [f"{n} {100 * p[0]:.1f}% ± {100 * p[1]:.1f} at {flops[n]:.3g} FLOPs ({stages[n].wall_s:.0f} s)" for n, p in scored]
-    onp = scored[0][1]
-    ties = [n for n, p in scored if n != best[0] and _gap(best[1], p)[1] <= 0]
-    level = [n for n, p in scored if p[0] == best[1][0]]
-    verdict = (f"no student wins ({', '.join(level)} level)" if len(level) > 1 else
-               f"{best[0]} leads, intervals not apart from {', '.join(ties)}" if ties else f"{best[0]} wins")
-    ratios = [f"{flops[n] / max(flops[names[0]], 1.0):.1f}x on-policy's FLOPs for {n}" for n, _ in scored[1:]]
-    gap = _gap(onp, scored[1][1])
-    return Finding(f"Students: {verdict}", None, "mean pass@1 over tasks: " + "; ".join(others) + f". On-policy at "
-                   f"{100 * onp[0]:.1f}%; the others took " + ", ".join(ratios), observation=True,
-                   figure=f"{fmt_points(*gap)} on-policy vs {scored[1][0]}", value=gap[0], low=gap[1], high=gap[2],
-                   key=f"on-policy student vs {scored[1][0]} (mean pass@1)")
-
-
-def _gap(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float, float]:
-    """(a - b, low, high) of two (mean, 95% half-width) pairs."""
-    return difference(a[0], (a[0] - a[1], a[0] + a[1]), b[0], (b[0] - b[1], b[0] + b[1]))
+    onp, cont = by_name[onpolicy], by_name[sft]
+    claim = (f"On-policy distillation beats continued SFT at equal FLOPs by >= {100 * ONPOLICY_GAIN:.0f} points "
+             f"(intervals apart), or matches SFT's final accuracy with <= 1/3 of its FLOPs")
+    key = "on-policy vs continued SFT at equal FLOPs"
+    last = onp.points[-1]
+    at = nearest(cont, last.flops)
+    diff = curve_difference(last.evals, at.evals, tasks)
+    sft_final = cont.points[-1]
+    target = mean_accuracy(sft_final.evals, tasks)
+    early = [p for p in onp.points[1:] if p.flops <= ONPOLICY_FLOPS_SHARE * sft_final.flops
+             and target is not None and (m := mean_accuracy(p.evals, tasks)) is not None and m[0] >= target[0]]
+    if diff is None:
+        return Finding(claim, None, "not measured", key=key)
+    gain, low, high = diff
+    beats = gain >= ONPOLICY_GAIN and low > 0
+    detail = (f"on-policy's final ({last.flops:.3g} FLOPs) against SFT's {at.label} ({at.flops:.3g} FLOPs, "
+              f"{at.flops / max(last.flops, 1.0):.2f}x)" + ("" if low > 0 or high < 0 else ", inside the noise"))
+    if early:
+        detail += (f"; on-policy's {early[0].label} reached SFT's final {100 * target[0]:.1f}% with "
+                   f"{early[0].flops / max(sft_final.flops, 1.0):.2f}x its FLOPs")
+    elif target is not None:
+        detail += f"; no on-policy checkpoint within 1/3 of SFT's FLOPs reached SFT's final {100 * target[0]:.1f}%"
+    return Finding(claim, beats or bool(early), detail, figure=f"{fmt_points(gain, low, high)} on-policy vs continued SFT",
+                   value=gain, low=low, high=high, key=key)
 
 
 # ---------------------------------------------------------------- the speedrun's findings
 
-GRPO_GAIN = 0.15  # GRPO lifts the model it starts from by >= 15 points on at least one task
-R1_LEVEL = 0.9  # the R1 model is >= 90% on every task
-
-
-def findings(stages: dict[str, Stage], tasks: list[str], grpo_from: dict[str, str], final: str,
-             students: tuple[str, str, str] = ("student-distilled", "student-rl", "student-base")) -> list[Finding]:
-    """The R1 paper's claims, checked on a run: GRPO's gain over the stage each GRPO stage started from
-    (`grpo_from`, in recipe order), the final model's accuracy, distilled vs RL-only student (`students`:
-    distilled, RL-only, their base), and how response length moved under GRPO. Each claim of a difference
-    passes only when the difference's 95% interval lies above 0 (see Finding)."""
-
-    def ev(stage: str, task: str) -> dict | None:
-        return stages[stage].evals.get(task) if stage in stages else None
+def findings(stages: dict[str, Stage], tasks: list[str], chain: list[str], final: str, curves: list | None = None,
+             zero: tuple[str, str] = ("r1-zero", "base"),
+             students: tuple[str, str, str] = ("student-distilled", "student-rl", "student-base"),
+             grpo_stages: list[str] | None = None) -> list[Finding]:
+    """The R1 paper's lessons, checked on a run. `zero`: the R1-Zero stage and the base it starts from;
+    `chain`: R1's pipeline from its cold start to the final model (`final`); `students`: distilled, RL-only,
+    their base; `curves` (eval/compare.py): the students continued from one SFT'd start, at equal FLOPs;
+    `grpo_stages`: whose response length is shown. Each claim of a difference passes only when the
+    difference's 95% interval lies above 0 (see Finding)."""
+    out = [_gain_finding(f"R1-Zero: GRPO from the base lifts pass@1 by >= {100 * ZERO_GAIN:.0f} points on at least "
+                         "one task, intervals apart", f"R1-Zero over base >= {100 * ZERO_GAIN:.0f} pts", stages, tasks,
+                         [zero], ZERO_GAIN)]
+    if len(chain) >= 2:
+        out.append(_gain_finding(f"RL after the cold start: R1 beats its cold-start SFT by >= {100 * COLD_START_GAIN:.0f} "
+                                 "points on at least one task, intervals apart",
+                                 f"R1 over its cold start >= {100 * COLD_START_GAIN:.0f} pts", stages, tasks,
+                                 [(final, chain[0])], COLD_START_GAIN))
+        out.append(no_loss_finding(stages, tasks, chain))
+    rivals = [n for n in stages if n != final and "@" not in n]
+    out.append(best_model_finding(stages, tasks, final, rivals))
 
     def evs(stage: str) -> list[dict | None]:
-        return [ev(stage, t) for t in tasks]
-
-    gains = [(diff, rl, start, t) for rl, start in grpo_from.items() for t in tasks
-             if (diff := compare(ev(rl, t), ev(start, t))) is not None]
-
-    def holds(gain) -> bool:
-        return gain[0][0] >= GRPO_GAIN and gain[0][1] > 0
-
-    best = max(gains, key=lambda g: (holds(g), g[0][0]), default=None)
-    claim = (f"GRPO improves on the model it starts from by >= {100 * GRPO_GAIN:.0f} points of pass@1 on at least one "
-             "task, intervals apart")
-    key = f"GRPO gain >= {100 * GRPO_GAIN:.0f} pts (best task)"
-    if best is None:
-        out = [Finding(claim, None, "not measured", key=key)]
-    else:
-        (gain, low, high), rl, start, task = best
-        out = [Finding(claim, holds(best), f"best gain: {rl} over {start} on {task}"
-                       + ("" if low > 0 else ", inside the noise (its interval holds 0)")
-                       + f"; all gains: {', '.join(f'{g[1]}/{g[3]} {100 * g[0][0]:+.1f}' for g in gains)}",
-                       figure=f"{fmt_points(gain, low, high)} {rl} over {start}, {task}", value=gain, low=low, high=high,
-                       key=key)]
-
-    final_evals = {t: ev(final, t) for t in tasks}
-    claim, key = f"The R1 model is >= {100 * R1_LEVEL:.0f}% (pass@1) on the in-distribution tasks", f"R1 >= {100 * R1_LEVEL:.0f}%"
-    if not tasks or not all(e and e.get("pass1") is not None for e in final_evals.values()):
-        out.append(Finding(claim, None, ", ".join(f"{t}: {_with_ci(e or {}, 'pass1')}" for t, e in final_evals.items()),
-                           key=key))
-    else:
-        worst = min(tasks, key=lambda t: final_evals[t]["pass1"])
-        interval = _interval(final_evals[worst], "pass1") or (None, None)
-        out.append(Finding(claim, all(e["pass1"] >= R1_LEVEL for e in final_evals.values()),
-                           ", ".join(f"{t}: {_with_ci(e, 'pass1')}" for t, e in final_evals.items())
-                           + "".join(threshold_note(final_evals[t], R1_LEVEL, label=f"{t}: ") for t in tasks),
-                           figure=f"{_with_ci(final_evals[worst], 'pass1')} {worst}", value=final_evals[worst]["pass1"],
-                           low=interval[0], high=interval[1], key=key))
+        return [stages[stage].evals.get(t) if stage in stages else None for t in tasks]
 
     distilled, rl_only, base = (mean_pass1(stages[name], tasks) if name in stages else None for name in students)
-    gap = compare(evs(students[0]), evs(students[1]))
+    gap = compare(evs(students[0]), evs(students[1])) if distilled and rl_only else None
     out.append(Finding(
         "The distilled student beats the RL-only student (the R1 paper's finding for small models), intervals apart",
         None if gap is None else gap[1] > 0,
@@ -427,10 +471,10 @@ def findings(stages: dict[str, Stage], tasks: list[str], grpo_from: dict[str, st
         + (", inside the noise (the interval of the difference holds 0)" if gap[1] <= 0 <= gap[2] else ""),
         figure="" if gap is None else fmt_points(*gap), key="distilled student - RL-only student",
         **({} if gap is None else dict(zip(("value", "low", "high"), gap)))))
-    out.append(length_trend(stages, [name for name in grpo_from if name not in students]))
-    third = onpolicy_finding(stages, tasks)
-    if third is not None:
-        out.append(third)
+    onp = onpolicy_vs_sft_finding(curves or [], tasks)
+    if onp is not None:
+        out.append(onp)
+    out.append(length_trend(stages, grpo_stages if grpo_stages is not None else [zero[0], *chain[1:]]))
     return out
 
 

@@ -14,6 +14,9 @@ A difference of two accuracies a - b has the interval a - b +- sqrt(h_a^2 + h_b^
 inside the noise when that interval contains 0 (its ends included); the two are told apart ("intervals apart")
 only when it lies wholly above or below 0. The report's findings use this rule for every claim of a difference:
 "A beats B by >= X" holds only when the lower end is above 0 and the measured gain is >= X.
+Two models judged on the same problems are compared problem by problem where their per-problem shares are at
+hand (paired_difference): the normal interval of the mean of the per-problem differences, which removes the
+problem-to-problem spread that both share, under the same rule.
 """
 from __future__ import annotations
 
@@ -71,6 +74,21 @@ def sample_interval(shares: list[float], k: int) -> tuple[float, float] | None:
     variance = sum(s * (1 - s) for s in shares) / (k - 1) / n ** 2 if k > 1 else 0.0
     half = Z95 * math.sqrt(variance)
     return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def paired_difference(a: list[float | None], b: list[float | None]) -> tuple[float, float, float] | None:
+    """Mean of a - b over the problems both were judged on (same order; None: skipped), and its 95% interval
+    (normal over the per-problem differences; Wilson-like care is not needed: differences are not bounded
+    at 0). None without common problems."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    n = len(pairs)
+    if n == 0:
+        return None
+    diffs = [x - y for x, y in pairs]
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+    half = Z95 * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def half_width(interval) -> float:

@@ -208,7 +208,7 @@ def pack_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return ids, positions, attn, select, order
 
 
-def _selected_logits(model, input_ids: torch.Tensor, target: torch.Tensor, pack: bool) -> torch.Tensor:
+def selected_logits(model, input_ids: torch.Tensor, target: torch.Tensor, pack: bool) -> torch.Tensor:
     """The logits at the positions `target` (N, T - 1) marks, in row-major order of the padded layout."""
     if pack and len(input_ids) > 1:
         ids, positions, attn, select, order = pack_rows(input_ids, target)
@@ -227,7 +227,7 @@ def token_logp(model, input_ids: torch.Tensor, mask: torch.Tensor, temperature: 
     `mask` is not set (the head runs only on the masked positions); and the mean entropy there (no grad).
     pack: the rows run packed end to end (pack_rows), the same function without the padding's work."""
     target = mask.bool()  # position t predicts token t + 1
-    logits = _selected_logits(model, input_ids, target, pack).float()  # (n, vocab)
+    logits = selected_logits(model, input_ids, target, pack).float()  # (n, vocab)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)

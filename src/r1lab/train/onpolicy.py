@@ -38,13 +38,20 @@ from ..tokenizer import Tokenizer
 from .dist import all_reduce_sum, distributed_job
 from .grpo_collect import PromptStream, Rollouts
 from .grpo_config import PRESETS as GRPO_PRESETS, GRPOSection
-from .grpo_loss import PolicyBatch, fill_logp, make_loss_fn, policy_batch, token_logp
+from .grpo_loss import PolicyBatch, selected_logits, fill_logp, make_loss_fn, policy_batch, token_logp
 from .loop import Trainer, load_model_for, save_config, setup_run, train
 from .step import lr_at, train_step
 
 
 @dataclass
 class OnPolicySection:
+    # what the student minimises on its own samples: `sampled` -- the reverse KL estimated at each sampled token,
+    # as a per-token advantage of GRPO's policy loss (one number per position); `forward` -- KL(teacher || student)
+    # over the whole vocabulary at each position the student visited (the teacher's full next-token distribution
+    # as a soft target, GKD's on-policy forward KL); `reverse` -- KL(student || teacher) over the whole vocabulary.
+    # The dense two need a local teacher (an endpoint returns one token's log-prob) and carry no policy-gradient
+    # noise, so they take SFT's step sizes
+    divergence: str = "sampled"
     reward_weight: float = 0.0  # weight of the verified reward (grpo.rewards) added to every token's advantage
     model: str = ""  # model name to send to an endpoint teacher (default: the first one /v1/models lists)
     api_key: str = ""
@@ -65,6 +72,34 @@ class OnPolicyConfig:
 # reward off (onpolicy.reward_weight=0: the teacher is the only signal)
 PRESETS: dict[str, dict] = {name: {"train": dict(p["train"]), "grpo": {**p.get("grpo", {}), "loss": "dapo"}}
                             for name, p in GRPO_PRESETS.items()}
+
+
+DIVERGENCES = ("sampled", "forward", "reverse")
+
+
+def dense_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, divergence: str) -> torch.Tensor:
+    """Per-position KL over the vocabulary (n,) between two sets of logits (n, vocab) at the same positions:
+    `forward` KL(teacher || student), `reverse` KL(student || teacher). Gradients flow to the student only."""
+    s = torch.log_softmax(student_logits.float(), dim=-1)
+    t = torch.log_softmax(teacher_logits.float(), dim=-1).detach()
+    if divergence == "forward":
+        return (t.exp() * (t - s)).sum(-1)
+    return (s.exp() * (s - t)).sum(-1)
+
+
+def dense_loss_fn(teacher_model, divergence: str, n_tokens_total: int, pack: bool):
+    """The loss of one micro-batch for a dense divergence: the summed per-position KL over the batch's tokens
+    (all micro-batches and ranks), so that accumulation is exact; the teacher runs on the same rows, no grad."""
+
+    def loss_fn(model, b: PolicyBatch):
+        target = b.target_mask.bool()
+        student = selected_logits(model, b.input_ids, target, pack)
+        with torch.no_grad():
+            teacher = selected_logits(teacher_model, b.input_ids, target, pack)
+        kl = dense_kl(student, teacher, divergence)
+        return kl.sum() / n_tokens_total, {"dense_kl": float(kl.detach().mean()) if len(kl) else 0.0}
+
+    return loss_fn
 
 
 def reverse_kl_advantages(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor,
@@ -151,7 +186,13 @@ class EndpointTeacher:
 
 
 def make_teacher(teacher: str, tokenizer: Tokenizer, cfg: OnPolicyConfig, device):
+    divergence = cfg.onpolicy.divergence
+    if divergence not in DIVERGENCES:
+        raise ConfigError(f"onpolicy.divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
     if teacher.startswith(("http://", "https://")):
+        if divergence != "sampled":
+            raise ConfigError(f"onpolicy.divergence={divergence} needs the teacher's whole next-token distribution: a "
+                              "local teacher checkpoint (an endpoint returns the sampled token's log-prob only)")
         return EndpointTeacher(teacher, tokenizer, cfg.onpolicy)
     return LocalTeacher(teacher, tokenizer, device, cfg.grpo.micro_batch_size)
 
@@ -161,7 +202,7 @@ class OnPolicyStep:
 
     def __init__(self, trainer: Trainer, cfg: OnPolicyConfig, prompts: PromptStream, teacher):
         self.trainer, self.cfg, self.prompts, self.teacher = trainer, cfg.grpo, prompts, teacher
-        self.reward_weight = cfg.onpolicy.reward_weight
+        self.reward_weight, self.divergence = cfg.onpolicy.reward_weight, cfg.onpolicy.divergence
         self.n_local = cfg.grpo.prompts_per_step // trainer.run.dist.world_size
         self.scorer = combine(cfg.grpo.rewards)
         self.accuracy = get_reward("accuracy")
@@ -191,27 +232,35 @@ class OnPolicyStep:
         update_started = time.perf_counter()
         batch = policy_batch(rollouts, torch.zeros(len(rollouts.rewards)), trainer.tokenizer.pad_token_id,
                              cfg.mask_truncated)
-        fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp")  # the sampling policy's
         lengths = [len(p) + len(c) for p, c in zip(rollouts.prompt_ids, rollouts.completion_ids)]
-        teacher_logp = self.teacher.score(batch, lengths).to(batch.old_logp.dtype)
         mask = batch.target_mask
-        batch.advantages = reverse_kl_advantages(batch.old_logp, teacher_logp, mask, torch.tensor(rollouts.rewards),
-                                                 self.reward_weight)
+        if self.divergence == "sampled":
+            fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp")  # the sampling policy's
+            teacher_logp = self.teacher.score(batch, lengths).to(batch.old_logp.dtype)
+            batch.advantages = reverse_kl_advantages(batch.old_logp, teacher_logp, mask, torch.tensor(rollouts.rewards),
+                                                     self.reward_weight)
+            sums = [float(((batch.old_logp - teacher_logp) * mask).sum()), float((teacher_logp * mask).sum()),
+                    float((batch.old_logp * mask).sum())]
+        else:
+            sums = [0.0, 0.0, 0.0]  # the dense loss reports its own KL (dense_kl)
         n_rows, n_tokens, kl_sum, t_sum, s_sum, acc_sum, length_sum, reward_sum = all_reduce_sum(
-            [float(len(lengths)), float(mask.sum()), float(((batch.old_logp - teacher_logp) * mask).sum()),
-             float((teacher_logp * mask).sum()), float((batch.old_logp * mask).sum()), float(sum(accuracy)),
+            [float(len(lengths)), float(mask.sum()), *sums, float(sum(accuracy)),
              float(sum(map(len, rollouts.completion_ids))), float(sum(rollouts.rewards))], dist)
         trainer.model.train()
-        loss_fn = make_loss_fn(cfg, int(n_rows), int(max(n_tokens, 1)))
+        if self.divergence == "sampled":
+            loss_fn = make_loss_fn(cfg, int(n_rows), int(max(n_tokens, 1)))
+        else:
+            loss_fn = dense_loss_fn(self.teacher.model, self.divergence, int(max(n_tokens, 1)), cfg.pack)
         micro = batch.micro_batches(cfg.micro_batch_size)
         for _ in range(cfg.mu):
             stats = train_step(trainer.wrapped, trainer.model, trainer.optimizer, micro, lr_at(step, trainer.run.train),
                                trainer.run, loss_fn, [1.0] * len(micro))
         n_micro, = all_reduce_sum([float(len(micro))], dist)
         tokens = max(n_tokens, 1.0)
+        sampled = {"reverse_kl": kl_sum / tokens, "teacher_logp": t_sum / tokens,
+                   "student_logp": s_sum / tokens} if self.divergence == "sampled" else {}
         return {"loss": stats.loss, "grad_norm": stats.grad_norm, **{k: v / n_micro for k, v in stats.parts.items()},
-                "lr": lr_at(step, trainer.run.train), "reverse_kl": kl_sum / tokens, "teacher_logp": t_sum / tokens,
-                "student_logp": s_sum / tokens, "accuracy": acc_sum / max(n_rows, 1.0),
+                "lr": lr_at(step, trainer.run.train), **sampled, "accuracy": acc_sum / max(n_rows, 1.0),
                 "reward": reward_sum / max(n_rows, 1.0), "tokens_per_s": length_sum / max(gen_s, 1e-9),
                 "response_length": length_sum / max(n_rows, 1.0), "gen_s": gen_s,
                 "train_s": time.perf_counter() - update_started, "gen_tokens": int(length_sum),
