@@ -26,8 +26,10 @@ then verify), with these shortcuts and guards, all covered by a differential tes
 - safety caps: a box over MAX_ANSWER_CHARS, and power towers / huge exponents / huge factorials (which sympy
   would evaluate for minutes, unreachable by signals while in C) score 0 without being parsed; an unboxed
   answer part over MAX_PART_CHARS is read from its last MAX_PART_CHARS characters (from a line start);
-- math-verify's own signal-based timeout is used only in the main thread (signals do not work elsewhere); in
-  other threads it is disabled and the caps above are the guard.
+- math-verify always runs in a main thread, with its own signal-based timeouts (MATH_VERIFY_TIMEOUT_S per parse
+  and per comparison): in the main thread, in this process; from any other thread (signals do not work there),
+  in a child process (r1lab.rewards.bounded), which is also killed past CHILD_TIMEOUT_S (work in C, which
+  signals cannot interrupt) and capped at CHILD_MEMORY_MB of address space; a killed call is wrong (0).
 
 Countdown rows (task == "countdown", or a `numbers` column) are judged by r1lab.rewards.countdown on the
 boxed expression instead (the last \\boxed{} anywhere, else the last line after </think>); the gold
@@ -36,6 +38,8 @@ boxed expression instead (the last \\boxed{} anywhere, else the last line after 
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -44,11 +48,14 @@ from functools import lru_cache
 from typing import Any
 
 from . import countdown
+from .bounded import BoundedWorker
 from .core import RewardFn, after_think, answer_part, batch, boxed_all, last_boxed
 
 MAX_ANSWER_CHARS = 400
 MAX_PART_CHARS = 4000
 MATH_VERIFY_TIMEOUT_S = 2
+CHILD_TIMEOUT_S = 10
+CHILD_MEMORY_MB = 2048
 _NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+", re.ASCII)
 _FRACTIONS = (re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}", re.ASCII), re.compile(r"(-?)(\d+)\s*/\s*(\d+)", re.ASCII))
 _FREE_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?", re.ASCII)
@@ -150,6 +157,25 @@ def math_verify_equal(text: str, gold: str) -> bool:
     return bool(predicted) and verify(gold_parsed, predicted, timeout_seconds=_timeout())
 
 
+_child: tuple[int, BoundedWorker] | None = None  # (the process it serves, the worker)
+_child_lock = threading.Lock()
+
+
+def bounded_math_verify_equal(text: str, gold: str) -> bool:
+    """math_verify_equal in the main thread here, else in a child process bounded in time and memory (wrong when
+    the child is killed)."""
+    global _child
+    if _in_main_thread() or not text or _DANGEROUS.search(text):  # (the caps need no child)
+        return math_verify_equal(text, gold)
+    with _child_lock:
+        if _child is None or _child[0] != os.getpid():  # (a forked process needs a child of its own)
+            _child = os.getpid(), BoundedWorker(f"{__name__}:math_verify_equal", CHILD_TIMEOUT_S, CHILD_MEMORY_MB,
+                                                warmup=("\\boxed{1}", "1"))
+            atexit.register(_child[1].close)
+    verdict, _ = _child[1].call(text, gold)
+    return bool(verdict)
+
+
 def _tail(part: str) -> str:
     """An over-long unboxed answer part: its last MAX_PART_CHARS characters, from a line start."""
     if len(part) <= MAX_PART_CHARS:
@@ -188,7 +214,7 @@ def grade(text: str, gold: Any) -> bool:
             verdict = exact_verdict(value, gold_value)
             if verdict is not None:
                 return verdict
-    return math_verify_equal(prediction, gold)
+    return bounded_math_verify_equal(prediction, gold)
 
 
 def score(text: str, columns: dict[str, Any]) -> float:
