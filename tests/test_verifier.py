@@ -75,6 +75,33 @@ def test_reward_hacking_probes(answer, gold, expected):
     assert judged(answer, gold) == expected
 
 
+@pytest.mark.parametrize("gold, answer, expected", [
+    # a base subscript is part of the value: the same digits in another base are another number
+    ("52_8", "52_8", 1.0), ("52_8", "52_{8}", 1.0), ("52_8", "52_{(8)}", 1.0), ("52_8", "\\text{52}_8", 1.0),
+    ("52_{8}", "52_8", 1.0), ("\\text{52}_{8}", "52_8", 1.0),
+    ("52_8", "52_9", 0.0), ("52_8", "52_{9}", 0.0), ("52_8", "52_7", 0.0), ("52_8", "\\text{52}_9", 0.0),
+    ("52_8", "42_{10}", 1.0), ("52_8", "101010_2", 1.0), ("52_8", "2A_{16}", 1.0),  # the same value in other bases
+    ("52_8", "101011_2", 0.0), ("52_8", "52_5", 0.0),  # 5 is no digit of base 5
+    # a bare numeral is read in the other side's base, as graders read "express it in base 8"
+    ("52_8", "52", 1.0), ("52_8", "42", 0.0), ("52", "52_8", 1.0), ("42", "52_8", 0.0),
+    ("1011_2", "1011_2", 1.0), ("1011_2", "1011", 1.0), ("1011_2", "11", 0.0), ("1011_2", "1011_3", 0.0),
+    ("1011_2", "11_{10}", 1.0), ("4210_{5}", "4210_5", 1.0), ("4210_{5}", "4210_6", 0.0),
+    ("A3_{16}", "A3_{16}", 1.0), ("A3_{16}", "a3_{16}", 1.0), ("A3_{16}", "A3", 1.0), ("A3_{16}", "163_{10}", 1.0),
+    ("A3_{16}", "A3_{15}", 0.0), ("A3_{16}", "163", 0.0),
+    # subscripts that are not bases stay math-verify's
+    ("x_1", "x_1", 1.0), ("x_1", "x_2", 0.0), ("a_{10}", "a_{10}", 1.0),
+])
+def test_numerals_in_a_base(gold, answer, expected):
+    assert judged(f"The answer is \\boxed{{{answer}}}.", gold) == expected
+    assert judged(f"The answer is ${answer}$.", gold) == expected
+
+
+def test_hedging_over_bases_is_wrong():
+    assert judged("\\boxed{52_8} or \\boxed{52_9}", "52_8") == 0.0
+    assert judged("\\boxed{52_8} or \\boxed{52_9}", "52") == 0.0
+    assert judged("\\boxed{52_8}, that is \\boxed{42_{10}}", "52_8") == 1.0
+
+
 def test_answer_only_inside_think_does_not_count():
     assert accuracy(["<think>\nso it is \\boxed{12}\n</think>\n"], answer=["12"]) == [0.0]  # nothing after </think>
     assert accuracy(["<think>\nso it is \\boxed{12}"], answer=["12"]) == [0.0]  # still thinking
@@ -199,6 +226,7 @@ MATH500 = [  # (answer field, near misses)
     ("6 - 5i", ["6 + 5i", "5 - 6i"]),
     ("x^2 + 7x + 10", ["x^2 + 7x + 11", "x^2 - 7x + 10"]),
     ("3\\sqrt{13}", ["\\sqrt{13}", "13\\sqrt{3}"]),
+    ("52_8", ["52_9", "42", "52_{7}"]),
 ]
 GSM8K = [("1,234", ["1,243", "123", "12,340"]), ("18", ["81", "19", "-18"]), ("70000", ["7000", "700,000"]),
          ("0.5", ["5", "0.05"])]

@@ -22,7 +22,8 @@ then verify), with these shortcuts and guards, all covered by a differential tes
   decimal places when a decimal is involved); anything undecided goes to math-verify;
 - documented differences (a careful grader's verdict, where math-verify pays a hack): enumerations
   ("1, 2, \\ldots, 100") score 0 unless the gold is one; boxes in code blocks or inside <think> do not count;
-  an unclosed box scores 0;
+  an unclosed box scores 0; numerals in a base are compared by value (math-verify drops the subscript and
+  takes 52_9 for 52_8; see base_verdict);
 - safety caps: a box over MAX_ANSWER_CHARS, and power towers / huge exponents / huge factorials (which sympy
   would evaluate for minutes, unreachable by signals while in C) score 0 without being parsed; an unboxed
   answer part over MAX_PART_CHARS is read from its last MAX_PART_CHARS characters (from a line start);
@@ -62,6 +63,9 @@ _FREE_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?", re.ASC
 _UNWRAP_DOLLARS = re.compile(r"\$([^$]*)\$")
 # Exponents nested in exponents, long exponents, big factorials: sympy would take forever.
 _DANGEROUS = re.compile(r"\^\s*\{[^}]*\^|\^\s*\{?\s*\(?\s*\d{5,}|\*\*\s*\(?\s*\d{5,}|\*\*[^*]*\*\*|\d{4,}\s*!")
+# a numeral, with its base as a subscript or without: "52_8", "52_{8}", "52_{(8)}", "\text{52}_8", "A3_{16}", "52"
+_NUMERAL = re.compile(r"(?:\\(?:text|mathrm)\s*\{\s*([0-9A-Za-z]+)\s*\}|([0-9A-Za-z]+))"
+                      r"(?:\s*_\s*(?:(\d)|\{\s*\(?\s*(\d+)\s*\)?\s*\}))?", re.ASCII)
 # "1, 2, \ldots, 100": a list with an ellipsis in it
 _ENUMERATION = re.compile(r"\d\s*,\s*(?:\\[lcv]?dots|\\ldotp|\.\.\.|\u2026)\s*,?\s*\\?\$?\s*-?\d", re.ASCII)
 
@@ -112,6 +116,48 @@ def exact_verdict(answer: Plain, gold: Plain) -> bool | None:
     return False if abs(answer.value - gold.value) >= Fraction(1, 10**5) else None
 
 
+def numeral(text: str) -> tuple[str, int | None] | None:
+    """(digits, base) of a numeral written with its base as a subscript ('52_8' -> ('52', 8)), (digits, None)
+    of one without ('52'), None for anything else."""
+    match = _NUMERAL.fullmatch(text.strip().strip("$").strip())
+    if not match:
+        return None
+    base = match.group(3) or match.group(4)
+    return match.group(1) or match.group(2), int(base) if base else None
+
+
+def _value(digits: str, base: int) -> int | None:
+    try:
+        return int(digits, base) if 2 <= base <= 36 else None
+    except ValueError:  # a digit the base does not have: 19_8
+        return None
+
+
+def base_verdict(answer: str, gold: str) -> bool | None:
+    """Numerals in a base (math-verify drops a subscript, so it takes 52_9 for 52_8): equal when their values are
+    (52_8 = 52_{8} = 42_{10} = 101010_2; 52_8 != 52_9).  A numeral written without a base is read in the other
+    side's base, as graders of "express the answer in base 8" read a bare 52 (52_8 = 52; 52_8 != 42).  The answer may
+    be several numerals (several boxes, math-verify's 'a,b'): each must be right, and hedging over bases against a
+    bare gold is wrong.  None (not a question of bases) unless both sides are numerals and one has a base, and
+    the gold's digits are digits of its base (x_2 is not a numeral)."""
+    gold_numeral = numeral(gold)
+    answers = [numeral(piece) for piece in answer.split(",")]
+    if gold_numeral is None or None in answers:
+        return None
+    digits, base = gold_numeral
+    bases = {b for _, b in answers if b is not None}
+    if base is None:
+        if not bases:
+            return None
+        if len(bases) > 1:
+            return False
+        base = bases.pop()
+    value = _value(digits, base)
+    if value is None:
+        return None
+    return all(_value(d, b or base) == value for d, b in answers)
+
+
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -154,7 +200,13 @@ def math_verify_equal(text: str, gold: str) -> bool:
     if not gold_parsed:  # gold math-verify cannot read: fall back to text equality
         return " ".join(text.split()) == " ".join(gold.split())
     predicted = parse(text, extraction_config=prediction_config(), parsing_timeout=_timeout())
-    return bool(predicted) and verify(gold_parsed, predicted, timeout_seconds=_timeout())
+    if not predicted:
+        return False
+    if isinstance(predicted[-1], str) and isinstance(gold_parsed[-1], str):  # the text math-verify extracted
+        verdict = base_verdict(predicted[-1], gold_parsed[-1])
+        if verdict is not None:
+            return verdict
+    return verify(gold_parsed, predicted, timeout_seconds=_timeout())
 
 
 _child: tuple[int, BoundedWorker] | None = None  # (the process it serves, the worker)
