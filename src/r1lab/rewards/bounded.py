@@ -81,7 +81,7 @@ class BoundedWorker:
                  watch_memory: bool = False, pythonpath: tuple[str, ...] = (), start_timeout_s: float = 120.0):
         self.target, self.timeout_s, self.memory_mb = target, timeout_s, memory_mb
         self.warmup, self.watch_memory, self.start_timeout_s = warmup, watch_memory, start_timeout_s
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([*pythonpath, os.environ.get("PYTHONPATH", "")]))
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [*pythonpath, os.environ.get("PYTHONPATH")] if p))
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.starts = 0  # children started: 1 + one per timeout, memory exhaustion or death
@@ -135,7 +135,7 @@ class BoundedWorker:
                 pipe.close()
             self._proc = None
 
-    def _read_line(self, timeout_s: float) -> str | None:
+    def _read_line(self, timeout_s: float) -> str:
         """The child's next line, or "timeout" when it does not come within timeout_s, or "died"."""
         deadline = time.monotonic() + timeout_s
         fd = self._proc.stdout.fileno()
