@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from r1lab import rewards
 from r1lab.rewards import countdown
+from r1lab.rewards.bounded import BoundedWorker
 from r1lab.rewards.core import last_boxed
 
 RIGHT = "<think>\n1+9=10, write 0 carry 1\n</think>\nThe answer is \\boxed{6200}."
@@ -114,6 +115,34 @@ def test_accuracy_works_off_the_main_thread():
 
     with ThreadPoolExecutor(2) as pool:
         assert [f.result() for f in [pool.submit(run) for _ in range(2)]] == [[1.0], [1.0]]
+
+
+def test_bounded_worker_answers_and_survives_timeouts_deaths_and_errors():
+    with BoundedWorker("math:factorial", timeout_s=1, memory_mb=512, warmup=(3,)) as worker:
+        assert worker.call(5) == (120, None)
+        started = time.monotonic()
+        assert worker.call(10**7) == (None, "timeout")  # minutes in C, which no signal interrupts: killed
+        assert time.monotonic() - started < 3
+        assert worker.call(6) == (720, None) and worker.starts == 2  # a fresh child
+        with ThreadPoolExecutor(4) as pool:  # one child serves many threads, one call at a time
+            assert list(pool.map(lambda n: worker.call(n)[0], range(8))) == [math.factorial(n) for n in range(8)]
+    with BoundedWorker("os:_exit", timeout_s=5, memory_mb=256) as worker:
+        assert worker.call(3) == (None, "died") and worker.call(3) == (None, "died") and worker.starts == 2
+    with BoundedWorker("builtins:int", timeout_s=5, memory_mb=256) as worker:
+        assert worker.call("x") == (None, "error: ValueError: invalid literal for int() with base 10: 'x'")
+        assert worker.call("12") == (12, None)
+
+
+def test_bounded_worker_caps_memory_and_sees_a_memory_error_the_function_swallowed(tmp_path):
+    (tmp_path / "swallow.py").write_text("def allocate(n):\n    try:\n        return len(bytearray(n))\n"
+                                         "    except MemoryError:\n        return -1\n")
+    with BoundedWorker("swallow:allocate", timeout_s=5, memory_mb=256, pythonpath=(str(tmp_path),)) as worker:
+        assert worker.call(1 << 20) == (1 << 20, None)
+        assert worker.call(1 << 30) == (-1, None)  # past RLIMIT_AS: the function's own answer to it
+    with BoundedWorker("swallow:allocate", timeout_s=5, memory_mb=256, watch_memory=True,
+                       pythonpath=(str(tmp_path),)) as worker:
+        assert worker.call(1 << 30) == (None, "memory")  # seen, though swallowed: undecided
+        assert worker.call(1 << 20) == (1 << 20, None) and worker.starts == 2
 
 
 def test_countdown_checker():

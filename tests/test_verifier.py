@@ -8,16 +8,18 @@ dataset loader, with gold answers boxed and unboxed (all right) and near misses 
 from __future__ import annotations
 
 import json
-import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from r1lab import rewards
-from r1lab.rewards.accuracy import gold_text, grade, prediction_config
+from r1lab.rewards.accuracy import CHILD_TIMEOUT_S, grade
+from r1lab.rewards.bounded import BoundedWorker
 from r1lab.tasks.datasets import load_dataset
 
 accuracy = rewards.get("accuracy")
@@ -73,6 +75,33 @@ def test_reward_hacking_probes(answer, gold, expected):
     assert judged(answer, gold) == expected
 
 
+@pytest.mark.parametrize("gold, answer, expected", [
+    # a base subscript is part of the value: the same digits in another base are another number
+    ("52_8", "52_8", 1.0), ("52_8", "52_{8}", 1.0), ("52_8", "52_{(8)}", 1.0), ("52_8", "\\text{52}_8", 1.0),
+    ("52_{8}", "52_8", 1.0), ("\\text{52}_{8}", "52_8", 1.0),
+    ("52_8", "52_9", 0.0), ("52_8", "52_{9}", 0.0), ("52_8", "52_7", 0.0), ("52_8", "\\text{52}_9", 0.0),
+    ("52_8", "42_{10}", 1.0), ("52_8", "101010_2", 1.0), ("52_8", "2A_{16}", 1.0),  # the same value in other bases
+    ("52_8", "101011_2", 0.0), ("52_8", "52_5", 0.0),  # 5 is no digit of base 5
+    # a bare numeral is read in the other side's base, as graders read "express it in base 8"
+    ("52_8", "52", 1.0), ("52_8", "42", 0.0), ("52", "52_8", 1.0), ("42", "52_8", 0.0),
+    ("1011_2", "1011_2", 1.0), ("1011_2", "1011", 1.0), ("1011_2", "11", 0.0), ("1011_2", "1011_3", 0.0),
+    ("1011_2", "11_{10}", 1.0), ("4210_{5}", "4210_5", 1.0), ("4210_{5}", "4210_6", 0.0),
+    ("A3_{16}", "A3_{16}", 1.0), ("A3_{16}", "a3_{16}", 1.0), ("A3_{16}", "A3", 1.0), ("A3_{16}", "163_{10}", 1.0),
+    ("A3_{16}", "A3_{15}", 0.0), ("A3_{16}", "163", 0.0),
+    # subscripts that are not bases stay math-verify's
+    ("x_1", "x_1", 1.0), ("x_1", "x_2", 0.0), ("a_{10}", "a_{10}", 1.0),
+])
+def test_numerals_in_a_base(gold, answer, expected):
+    assert judged(f"The answer is \\boxed{{{answer}}}.", gold) == expected
+    assert judged(f"The answer is ${answer}$.", gold) == expected
+
+
+def test_hedging_over_bases_is_wrong():
+    assert judged("\\boxed{52_8} or \\boxed{52_9}", "52_8") == 0.0
+    assert judged("\\boxed{52_8} or \\boxed{52_9}", "52") == 0.0
+    assert judged("\\boxed{52_8}, that is \\boxed{42_{10}}", "52_8") == 1.0
+
+
 def test_answer_only_inside_think_does_not_count():
     assert accuracy(["<think>\nso it is \\boxed{12}\n</think>\n"], answer=["12"]) == [0.0]  # nothing after </think>
     assert accuracy(["<think>\nso it is \\boxed{12}"], answer=["12"]) == [0.0]  # still thinking
@@ -94,20 +123,33 @@ def test_enormous_outputs_are_graded_quickly_and_only_by_their_end():
 
 # ---------------------------------------------------------------- differential test against plain math-verify
 
-def _plain_math_verify(answer: str, gold: str) -> bool:
-    from math_verify import parse, verify
-
-    gold_parsed = parse(gold_text(gold), parsing_timeout=None)
-    parsed = parse(answer, extraction_config=prediction_config(), parsing_timeout=None)
-    return bool(verify(gold_parsed, parsed, timeout_seconds=None))
+ORACLE_TIMEOUT_S, ORACLE_MEMORY_MB = 5, 3072  # per case: past either, the case is skipped and counted
 
 
-def _both_verdicts(gold: str, answer: str) -> tuple[bool, bool]:
-    """(ours, plain math-verify's), computed off the main thread: no signal-based timeouts on either side
-    (an alarm left by one would fire inside hypothesis's own code)."""
+@pytest.fixture
+def oracle(request):
+    """Plain math-verify in a child process, bounded per case: some answers (2^{10^13}) take it minutes and GBs.
+    In the slow test it also watches for MemoryErrors math-verify swallows (a verdict made without memory is
+    no verdict), at twice the cost."""
+    with BoundedWorker("plain_math_verify:plain_math_verify", ORACLE_TIMEOUT_S, ORACLE_MEMORY_MB, warmup=("\\boxed{1}", "1"),
+                       watch_memory=request.node.get_closest_marker("slow") is not None,
+                       pythonpath=(str(Path(__file__).parent),)) as worker:
+        yield worker
+
+
+def _differential(case: tuple[str, str], oracle: BoundedWorker) -> str:
+    """"compared" (ours equals plain math-verify's, else AssertionError), or why the oracle could not decide.
+    Ours runs off the main thread (a signal-based timeout there would fire inside hypothesis's own code), while
+    the oracle's child works on the same case."""
+    gold, answer = case
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: (grade("<think>\nworking\n</think>\n" + answer, gold),
-                                    _plain_math_verify(answer, gold))).result()
+        ours = pool.submit(grade, "<think>\nworking\n</think>\n" + answer, gold)
+        plain, why = oracle.call(answer, gold)
+        ours = ours.result()
+    if why is not None:
+        return why.split(":")[0]
+    assert ours == plain, (gold, answer)
+    return "compared"
 
 
 _digits = st.integers(0, 10**13).map(str)
@@ -137,25 +179,38 @@ def _answers(draw):
     return gold, shape.format(base)
 
 
-def _check_differential(case) -> None:
-    gold, answer = case
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-    ours, plain = _both_verdicts(gold, answer)
-    assert ours == plain, (gold, answer)
+def _run_differential(oracle: BoundedWorker, examples: int, derandomize: bool, known: tuple = ()) -> Counter:
+    """Compare `examples` drawn answers (and the `known` ones); at least 90% must be decided by the oracle."""
+    tally: Counter = Counter()
+
+    @settings(max_examples=examples, deadline=None, derandomize=derandomize, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=_answers())
+    def run(case):
+        tally[_differential(case, oracle)] += 1
+
+    for case in known:
+        run = example(case=case)(run)
+
+    started = time.monotonic()
+    run()
+    print(f"differential against plain math-verify: {dict(tally)} in {time.monotonic() - started:.0f} s, "
+          f"{oracle.starts} oracle children")
+    assert tally["compared"] >= 0.9 * sum(tally.values()) and tally["compared"] >= 0.9 * examples, tally
+    return tally
 
 
-@settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(case=_answers())
-def test_differential_against_plain_math_verify(case):
+def test_differential_against_plain_math_verify(oracle):
     """Outside the documented cases (which these answers avoid), the verdict is plain math-verify's."""
-    _check_differential(case)
+    _run_differential(oracle, 600, derandomize=True)
 
 
 @pytest.mark.slow
-@settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(case=_answers())
-def test_differential_against_plain_math_verify_thousands(case):
-    _check_differential(case)
+def test_differential_against_plain_math_verify_thousands(oracle):
+    # plain math-verify alone spends minutes and GBs on the first (a draw of the strategy): skipped, not run out
+    known = (("5", "\\boxed{2^{10000000000000}}"), ("5", "The answer is $2^{10000000000000}$."), ("5", "\\boxed{5}"))
+    tally = _run_differential(oracle, 5000, derandomize=False, known=known)
+    assert tally["timeout"] + tally["memory"] >= 2
 
 
 # ---------------------------------------------------------------- GSM8K and MATH-500 formats
@@ -171,6 +226,7 @@ MATH500 = [  # (answer field, near misses)
     ("6 - 5i", ["6 + 5i", "5 - 6i"]),
     ("x^2 + 7x + 10", ["x^2 + 7x + 11", "x^2 - 7x + 10"]),
     ("3\\sqrt{13}", ["\\sqrt{13}", "13\\sqrt{3}"]),
+    ("52_8", ["52_9", "42", "52_{7}"]),
 ]
 GSM8K = [("1,234", ["1,243", "123", "12,340"]), ("18", ["81", "19", "-18"]), ("70000", ["7000", "700,000"]),
          ("0.5", ["5", "0.05"])]
@@ -212,3 +268,90 @@ def test_gsm8k_format_gold_right_boxed_and_unboxed_near_misses_wrong(tmp_path):
     plain = accuracy(["<think>\nx\n</think>\nThe answer is 1,234.", "<think>\nx\n</think>\nSo she pays $1234 in total."],
                      answer=["1234"] * 2)
     assert plain == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------- answers built to explode
+
+EXPLOSIVE = {  # name: (answer part, decided by the caps: quick)
+    "huge power": ("\\boxed{2^{10000000000000}}", True),
+    "huge power, unboxed": ("The answer is $2^{10000000000000}$.", True),
+    "huge power, no braces": ("\\boxed{2^10000000000000}", True),
+    "power tower": ("\\boxed{9^{9^{9^{9}}}}", True),
+    "power tower, no braces": ("\\boxed{9^9^9^9}", True),
+    "big factorial": ("\\boxed{100000!}", True),
+    "big factorial, unboxed": ("The answer is 100000!", True),
+    "100,000 digits": ("\\boxed{" + "7" * 100_000 + "}", True),
+    "100,000 digits, unboxed": ("The answer is " + "7" * 100_000 + ".", True),
+    "100,000 digits in lines": (("7" * 1000 + "\n") * 100, True),
+    "braces 5,000 deep": ("\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}", True),
+    "braces 5,000 deep, unboxed": ("The answer is $" + "{" * 5000 + "1" + "}" * 5000 + "$", True),
+    "fractions 400 deep, unboxed": ("x\nThe answer is $" + "\\frac{1}{" * 400 + "2" + "}" * 400 + "$", True),
+    # past the caps: math-verify's own timeouts end these (in a child off the main thread)
+    "factorial of a factorial": ("\\boxed{(99!)!}", False),
+    "parentheses 1,900 deep, unboxed": ("x\nThe answer is $" + "(" * 1900 + "1" + ")" * 1900 + "$", False),
+    "power of a power": ("\\boxed{(10^{9999})^{9999}}", False),
+    "power of a product": ("\\boxed{2^{9999 \\cdot 9999 \\cdot 9999}}", False),
+    "braces 190 deep": ("\\boxed{" + "{" * 190 + "1" + "}" * 190 + "}", False),
+    "huge binomial": ("\\boxed{\\binom{10^{999}}{10^{99}}}", False),
+    "huge gamma": ("\\boxed{\\Gamma(10^{9})}", False),
+}
+GRADE_IN_A_BOX = r"""
+import json, resource, sys, threading, time
+limit = int(sys.argv[1]) << 20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from r1lab.rewards import accuracy
+cases, modes = json.loads(sys.stdin.read())
+seconds, verdicts = {}, {}
+def run(mode):
+    accuracy.grade("</think> \\boxed{\\sqrt{4}}", "2")  # the child off the main thread starts here, untimed
+    for name, answer in cases.items():
+        started = time.monotonic()
+        verdicts[f"{name} ({mode})"] = accuracy.grade("<think>\nworking\n</think>\n" + answer, "5")
+        seconds[f"{name} ({mode})"] = time.monotonic() - started
+if "main" in modes:
+    run("main")
+if "thread" in modes:
+    thread = threading.Thread(target=run, args=("thread",))
+    thread.start()
+    thread.join()
+if accuracy._child is not None:
+    accuracy._child[1].close()
+print(json.dumps({"seconds": seconds, "verdicts": verdicts,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10,
+                  "child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss >> 10}))
+"""
+
+
+def _grade_in_a_box(cases: dict[str, str], modes: list[str], memory_mb: int = 2048) -> dict:
+    """grade() each answer against gold 5 in a fresh process capped at memory_mb of address space, in its main
+    thread and/or another thread: seconds and verdict per answer, peak resident memory of it and its child."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GRADE_IN_A_BOX, str(memory_mb)], input=json.dumps([cases, modes]),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_grade_stays_bounded_on_answers_built_to_explode():
+    """The caps answer at once, in any thread; off the main thread math-verify runs in a bounded child."""
+    quick = {name: answer for name, (answer, capped) in EXPLOSIVE.items() if capped}
+    hard = {"factorial of a factorial": EXPLOSIVE["factorial of a factorial"][0]}  # in minutes before
+    report = _grade_in_a_box(quick, ["main", "thread"])
+    assert not any(report["verdicts"].values()) and len(report["verdicts"]) == 2 * len(quick)
+    assert max(report["seconds"].values()) < 1.0, report["seconds"]
+    assert report["rss_mb"] < 500, report
+    report = _grade_in_a_box(hard, ["thread"])
+    assert not any(report["verdicts"].values())
+    assert max(report["seconds"].values()) < CHILD_TIMEOUT_S + 1, report["seconds"]
+    assert report["rss_mb"] < 500 and report["child_rss_mb"] < 1000, report
+
+
+@pytest.mark.slow
+def test_grade_stays_bounded_on_answers_built_to_explode_everywhere():
+    report = _grade_in_a_box({name: answer for name, (answer, _) in EXPLOSIVE.items()}, ["main", "thread"])
+    print(json.dumps(report, indent=1))
+    assert not any(report["verdicts"].values()) and len(report["verdicts"]) == 2 * len(EXPLOSIVE)
+    assert max(report["seconds"].values()) < CHILD_TIMEOUT_S + 1, report["seconds"]
+    assert report["rss_mb"] < 1000 and report["child_rss_mb"] < 1000, report

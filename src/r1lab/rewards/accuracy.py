@@ -22,12 +22,15 @@ then verify), with these shortcuts and guards, all covered by a differential tes
   decimal places when a decimal is involved); anything undecided goes to math-verify;
 - documented differences (a careful grader's verdict, where math-verify pays a hack): enumerations
   ("1, 2, \\ldots, 100") score 0 unless the gold is one; boxes in code blocks or inside <think> do not count;
-  an unclosed box scores 0;
+  an unclosed box scores 0; numerals in a base are compared by value (math-verify drops the subscript and
+  takes 52_9 for 52_8; see base_verdict);
 - safety caps: a box over MAX_ANSWER_CHARS, and power towers / huge exponents / huge factorials (which sympy
   would evaluate for minutes, unreachable by signals while in C) score 0 without being parsed; an unboxed
   answer part over MAX_PART_CHARS is read from its last MAX_PART_CHARS characters (from a line start);
-- math-verify's own signal-based timeout is used only in the main thread (signals do not work elsewhere); in
-  other threads it is disabled and the caps above are the guard.
+- math-verify always runs in a main thread, with its own signal-based timeouts (MATH_VERIFY_TIMEOUT_S per parse
+  and per comparison): in the main thread, in this process; from any other thread (signals do not work there),
+  in a child process (r1lab.rewards.bounded), which is also killed past CHILD_TIMEOUT_S (work in C, which
+  signals cannot interrupt) and capped at CHILD_MEMORY_MB of address space; a killed call is wrong (0).
 
 Countdown rows (task == "countdown", or a `numbers` column) are judged by r1lab.rewards.countdown on the
 boxed expression instead (the last \\boxed{} anywhere, else the last line after </think>); the gold
@@ -36,6 +39,8 @@ boxed expression instead (the last \\boxed{} anywhere, else the last line after 
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -44,17 +49,23 @@ from functools import lru_cache
 from typing import Any
 
 from . import countdown
+from .bounded import BoundedWorker
 from .core import RewardFn, after_think, answer_part, batch, boxed_all, last_boxed
 
 MAX_ANSWER_CHARS = 400
 MAX_PART_CHARS = 4000
 MATH_VERIFY_TIMEOUT_S = 2
+CHILD_TIMEOUT_S = 10
+CHILD_MEMORY_MB = 2048
 _NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+", re.ASCII)
 _FRACTIONS = (re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}", re.ASCII), re.compile(r"(-?)(\d+)\s*/\s*(\d+)", re.ASCII))
 _FREE_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?", re.ASCII)
 _UNWRAP_DOLLARS = re.compile(r"\$([^$]*)\$")
 # Exponents nested in exponents, long exponents, big factorials: sympy would take forever.
 _DANGEROUS = re.compile(r"\^\s*\{[^}]*\^|\^\s*\{?\s*\(?\s*\d{5,}|\*\*\s*\(?\s*\d{5,}|\*\*[^*]*\*\*|\d{4,}\s*!")
+# a numeral, with its base as a subscript or without: "52_8", "52_{8}", "52_{(8)}", "\text{52}_8", "A3_{16}", "52"
+_NUMERAL = re.compile(r"(?:\\(?:text|mathrm)\s*\{\s*([0-9A-Za-z]+)\s*\}|([0-9A-Za-z]+))"
+                      r"(?:\s*_\s*(?:(\d)|\{\s*\(?\s*(\d+)\s*\)?\s*\}))?", re.ASCII)
 # "1, 2, \ldots, 100": a list with an ellipsis in it
 _ENUMERATION = re.compile(r"\d\s*,\s*(?:\\[lcv]?dots|\\ldotp|\.\.\.|\u2026)\s*,?\s*\\?\$?\s*-?\d", re.ASCII)
 
@@ -105,6 +116,48 @@ def exact_verdict(answer: Plain, gold: Plain) -> bool | None:
     return False if abs(answer.value - gold.value) >= Fraction(1, 10**5) else None
 
 
+def numeral(text: str) -> tuple[str, int | None] | None:
+    """(digits, base) of a numeral written with its base as a subscript ('52_8' -> ('52', 8)), (digits, None)
+    of one without ('52'), None for anything else."""
+    match = _NUMERAL.fullmatch(text.strip().strip("$").strip())
+    if not match:
+        return None
+    base = match.group(3) or match.group(4)
+    return match.group(1) or match.group(2), int(base) if base else None
+
+
+def _value(digits: str, base: int) -> int | None:
+    try:
+        return int(digits, base) if 2 <= base <= 36 else None
+    except ValueError:  # a digit the base does not have: 19_8
+        return None
+
+
+def base_verdict(answer: str, gold: str) -> bool | None:
+    """Numerals in a base (math-verify drops a subscript, so it takes 52_9 for 52_8): equal when their values are
+    (52_8 = 52_{8} = 42_{10} = 101010_2; 52_8 != 52_9).  A numeral written without a base is read in the other
+    side's base, as graders of "express the answer in base 8" read a bare 52 (52_8 = 52; 52_8 != 42).  The answer may
+    be several numerals (several boxes, math-verify's 'a,b'): each must be right, and hedging over bases against a
+    bare gold is wrong.  None (not a question of bases) unless both sides are numerals and one has a base, and
+    the gold's digits are digits of its base (x_2 is not a numeral)."""
+    gold_numeral = numeral(gold)
+    answers = [numeral(piece) for piece in answer.split(",")]
+    if gold_numeral is None or None in answers:
+        return None
+    digits, base = gold_numeral
+    bases = {b for _, b in answers if b is not None}
+    if base is None:
+        if not bases:
+            return None
+        if len(bases) > 1:
+            return False
+        base = bases.pop()
+    value = _value(digits, base)
+    if value is None:
+        return None
+    return all(_value(d, b or base) == value for d, b in answers)
+
+
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -147,7 +200,32 @@ def math_verify_equal(text: str, gold: str) -> bool:
     if not gold_parsed:  # gold math-verify cannot read: fall back to text equality
         return " ".join(text.split()) == " ".join(gold.split())
     predicted = parse(text, extraction_config=prediction_config(), parsing_timeout=_timeout())
-    return bool(predicted) and verify(gold_parsed, predicted, timeout_seconds=_timeout())
+    if not predicted:
+        return False
+    if isinstance(predicted[-1], str) and isinstance(gold_parsed[-1], str):  # the text math-verify extracted
+        verdict = base_verdict(predicted[-1], gold_parsed[-1])
+        if verdict is not None:
+            return verdict
+    return verify(gold_parsed, predicted, timeout_seconds=_timeout())
+
+
+_child: tuple[int, BoundedWorker] | None = None  # (the process it serves, the worker)
+_child_lock = threading.Lock()
+
+
+def bounded_math_verify_equal(text: str, gold: str) -> bool:
+    """math_verify_equal in the main thread here, else in a child process bounded in time and memory (wrong when
+    the child is killed)."""
+    global _child
+    if _in_main_thread() or not text or _DANGEROUS.search(text):  # (the caps need no child)
+        return math_verify_equal(text, gold)
+    with _child_lock:
+        if _child is None or _child[0] != os.getpid():  # (a forked process needs a child of its own)
+            _child = os.getpid(), BoundedWorker(f"{__name__}:math_verify_equal", CHILD_TIMEOUT_S, CHILD_MEMORY_MB,
+                                                warmup=("\\boxed{1}", "1"))
+            atexit.register(_child[1].close)
+    verdict, _ = _child[1].call(text, gold)
+    return bool(verdict)
 
 
 def _tail(part: str) -> str:
@@ -188,7 +266,7 @@ def grade(text: str, gold: Any) -> bool:
             verdict = exact_verdict(value, gold_value)
             if verdict is not None:
                 return verdict
-    return math_verify_equal(prediction, gold)
+    return bounded_math_verify_equal(prediction, gold)
 
 
 def score(text: str, columns: dict[str, Any]) -> float:
