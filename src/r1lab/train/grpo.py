@@ -1,4 +1,4 @@
-"""`r1lab grpo`: reinforcement learning on verifiable rewards (GRPO, Dr. GRPO, DAPO), the heart of R1.
+"""`r1lab grpo`: reinforcement learning on verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO, CISPO, SAPO), the heart of R1.
 
     r1lab grpo --init runs/sft/final --out runs/grpo                      # addition, accuracy + format
     r1lab grpo --init runs/sft/final --out runs/grpo grpo.tasks=addition,countdown grpo.loss=dapo
@@ -38,7 +38,7 @@ from .grpo_config import PRESETS, GRPOConfig, GRPOSection
 from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch
 from .lora import attach_lora
 from .loop import Trainer, load_model_for, save_config, setup_run, train
-from .step import lr_at, train_step
+from .step import lr_at, train_dtype, train_step
 
 
 class Reference:
@@ -55,6 +55,18 @@ class Reference:
         if state.get("reference"):
             self.source = state["reference"]
             self.model = load_any(self.source)[0].eval().requires_grad_(False)
+
+
+def rollout_correction(cfg: GRPOSection, dtype: str) -> str:
+    """The rollout correction a run applies: grpo.rollout_correction, or for auto, mis where the sampler is not
+    the trainer (vLLM; bf16 autocast training while r1lab's engine samples with the fp32 weights) and its
+    log-probs are of the distribution it sampled (vLLM's always; r1lab's engine's at temperature 1, no top-p),
+    else none (today's fp32 CPU runs: sampler and trainer are one model in one precision)."""
+    if cfg.rollout_correction != "auto":
+        return cfg.rollout_correction
+    differs = cfg.rollout == "vllm" or dtype == "bf16"
+    exact = cfg.rollout == "vllm" or (cfg.temperature == 1.0 and cfg.top_p == 1.0)
+    return "mis" if differs and exact else "none"
 
 
 class GRPOStep:
@@ -74,6 +86,7 @@ class GRPOStep:
             self.engine = Engine(trainer.model, trainer.tokenizer, max_running=max(8, self.n_local * cfg.group_size))
         self.samples = None  # samples.jsonl on rank 0, opened at the first write
         self.monitor = health.Monitor(cfg.stop_on)  # the health signs of each step (train/health.py)
+        self.correction = rollout_correction(cfg, train_dtype(trainer.run, trainer.model))
 
     def __call__(self, step: int) -> dict[str, Any]:
         trainer, run = self.trainer, self.trainer.run
@@ -116,7 +129,7 @@ class GRPOStep:
                       cfg.pack)
         trainer.model.train()
         parity: list[torch.Tensor] = []  # |log p_engine - log p_trainer| per micro-batch, first update only
-        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity)
+        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity, self.correction)
         micro = batch.micro_batches(cfg.micro_batch_size)
         weights = [1.0] * len(micro)  # loss_fn already scales each micro-batch
         for _ in range(cfg.mu):
