@@ -41,6 +41,17 @@ def test_grpo_logs_and_writes_a_checkpoint(tmp_path, init_ckpt):
     assert samples and samples[0]["completion"].startswith("<think>\n")
 
 
+def test_grpo_with_rollout_correction_logs_what_it_cut(tmp_path, init_ckpt):
+    from r1lab.cli import main
+
+    assert main(["grpo", "--init", str(init_ckpt), "--out", str(tmp_path / "run"), "max_steps=1", *FAST,
+                 "grpo.rollout_correction=mis", "grpo.correction_level=token"]) == 0
+    row = read(tmp_path / "run" / "metrics.jsonl")[-1]
+    # r1lab's engine samples with the trainer's own fp32 weights: weights 1 to rounding, nothing cut
+    assert row["correction_masked"] == 0.0 and row["correction_truncated"] == 0.0
+    assert abs(row["correction_ratio"] - 1.0) < 1e-4 and "off_policy" not in row["health"]["signs"]
+
+
 def test_grpo_logs_accuracy_per_task_with_several_tasks(tmp_path, init_ckpt):
     from r1lab.cli import main
 
