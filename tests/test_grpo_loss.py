@@ -166,3 +166,22 @@ def test_auto_correction_is_on_only_where_sampler_and_trainer_differ():
     assert rollout_correction(GRPOSection(rollout="vllm", temperature=0.7), "fp32") == "mis"
     assert rollout_correction(GRPOSection(temperature=0.7), "bf16") == "none"  # r1lab's log-probs are raw
     assert rollout_correction(GRPOSection(rollout_correction="tis"), "fp32") == "tis"
+
+
+def test_on_policy_the_losses_differ_only_in_their_normaliser():
+    # mu = 1: r = 1 at the update, so grpo, gspo and sapo share a gradient, and so do dapo and cispo (docs/grpo.md)
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 7)
+    tokens = torch.randint(0, 7, (4, 5))
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [1.0] * 4 + [0.0], [1.0] * 2 + [0.0] * 3])
+    adv = torch.tensor([1.0, -0.5, 0.3, -0.8])
+
+    def grad(variant):
+        x = logits.clone().requires_grad_()
+        logp = torch.log_softmax(x, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        (g,) = torch.autograd.grad(policy_loss(logp, logp.detach(), adv, mask, variant).loss, x)
+        return g
+
+    for same in (("grpo", "gspo", "sapo"), ("dapo", "cispo")):
+        assert all(torch.allclose(grad(same[0]), grad(v), atol=1e-7) for v in same[1:]), same
+    assert not torch.allclose(grad("grpo"), grad("dapo"), atol=1e-4)  # the normalisers do differ
