@@ -3,7 +3,7 @@ autocast (train.dtype=bf16) beside r1lab's engine sampling from the fp32 weights
 
     python bench/grpo_correction.py               # 3 seeds x (none, mis/sequence, tis/token), ~1.5 minutes on 1 thread
 
-A random 2-layer MoE policy (the tests' small policy) learns a toy verifiable reward, the share of '7'
+A random 2-layer MoE policy (of the tests' small policy's shape) learns a toy verifiable reward, the share of '7'
 characters in its completion (tests/test_grpo.py), for --steps steps at lr 1e-2. Prints, per run, the mean reward
 of the first and last 5 steps, the share of trained tokens the correction cut, its mean weight and the
 sampler/trainer log-prob gap; then the mean over seeds per setting.
