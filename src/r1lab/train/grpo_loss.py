@@ -168,9 +168,6 @@ def policy_loss(
 
 # ---------------------------------------------------------------- rollout correction
 
-CORRECTIONS = ("none", "tis", "mis")
-
-
 @dataclass
 class Correction:
     weights: torch.Tensor  # (N, L) at token level, (N, 1) at sequence level; no gradient
