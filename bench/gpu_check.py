@@ -76,7 +76,7 @@ def part_train(device: str, smoke: bool) -> dict:
 def part_decode(device: str, smoke: bool) -> dict:
     preset, batch, tokens = ("cpu-tiny", 4, 16) if smoke else ("gpu-small", 32, 128)
     cmd = [sys.executable, str(ROOT / "bench" / "decode.py"), "--device", device, "--presets", preset, "--batch",
-           str(batch), "--new-tokens", str(tokens), "--repeats", "2", "--dtype", "bfloat16" if device == "cuda" else "auto"]
+           str(batch), "--new-tokens", str(tokens), "--repeats", "1", "--dtype", "bfloat16" if device == "cuda" else "auto"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     row = json.loads(out.strip().splitlines()[-1])["presets"][preset]
     return {"ok": True,
@@ -122,7 +122,7 @@ def part_tests(device: str, smoke: bool) -> dict:
     return {"ok": done.returncode == 0, "figure": summary.strip("= ")}
 
 
-PARTS = {"tests": (part_tests, 100), "train": (part_train, 80), "decode": (part_decode, 130),  # seconds: 8 minutes in all
+PARTS = {"tests": (part_tests, 90), "train": (part_train, 80), "decode": (part_decode, 150),  # seconds: 8 minutes in all
          "torchrun": (part_grpo, 80), "vllm": (lambda d, s: part_grpo(d, s, "vllm"), 90)}
 
 
