@@ -35,6 +35,10 @@ class GRPOSection:
     correction_level: str = "sequence"  # token | sequence (the product of the sequence's token ratios)
     correction_cap: float = 3.0  # TRL's vllm_importance_sampling_clip_max
     mu: int = 1  # optimizer steps per batch of samples
+    # 0: sample, then train on what the current weights sampled (exact on-policy); 1: the next step's rollouts are
+    # sampled while this step trains, by a copy of the policy that gets the weights after each update, so each
+    # batch is one policy version old (its own log-probs are the PPO ratio's old policy); grpo.py's AsyncSampler
+    max_staleness: int = 0
     beta: float = 0.0  # KL weight to the frozen reference model (0: no reference model at all)
     mask_truncated: bool = False  # no loss on completions cut by max_new_tokens (DAPO's overlong filtering)
     overlong_buffer: int = 0  # DAPO's soft over-length penalty over the last N tokens (0: off)
@@ -70,6 +74,11 @@ class GRPOSection:
             # r1lab's engine reports raw log-probs (temperature 1, no top-p): not the distribution it sampled
             raise ValueError("grpo.rollout_correction with r1lab's engine needs grpo.temperature=1 and grpo.top_p=1 "
                              "(its log-probs are raw); vLLM's are of the sampling distribution")
+        if self.max_staleness not in (0, 1):
+            raise ValueError(f"grpo.max_staleness must be 0 or 1 (one batch sampled ahead), got {self.max_staleness}")
+        if self.max_staleness and self.rollout != "r1lab":
+            raise ValueError("grpo.max_staleness=1 samples with r1lab's engine on a copy of the policy; "
+                             "with grpo.rollout=vllm use max_staleness=0")
         if self.group_size < 2:
             raise ValueError("grpo.group_size must be at least 2 (advantages are relative to the group)")
         if self.mu < 1:

@@ -255,13 +255,16 @@ def policy_batch(rollouts, advantages: torch.Tensor, pad_id: int, mask_truncated
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width - 1)
     engine = torch.zeros(len(rows), width - 1) if rollouts.engine_logp else None
+    old = torch.zeros(len(rows), width - 1) if rollouts.old_logp else None
     for i, (p, c) in enumerate(zip(rollouts.prompt_ids, rollouts.completion_ids)):
         ids[i, :len(p) + len(c)] = torch.tensor(p + c)
         if engine is not None:
             engine[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(rollouts.engine_logp[i])
+        if old is not None:
+            old[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(rollouts.old_logp[i])
         if not (mask_truncated and rollouts.truncated[i]):
             mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0  # position t predicts token t + 1
-    return PolicyBatch(ids, mask, advantages, engine_logp=engine)
+    return PolicyBatch(ids, mask, advantages, old_logp=old, engine_logp=engine)
 
 
 def pack_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
