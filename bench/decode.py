@@ -1,9 +1,10 @@
 """Decode throughput: r1lab's engine against transformers' generate, same checkpoint, same prompts.
 
 For each preset (random weights), the model is saved to disk once and loaded from there by both:
-r1lab.load(dir) -> Engine.generate, and AutoModelForCausalLM.from_pretrained(dir).generate. Greedy, CPU,
+r1lab.load(dir) -> Engine.generate, and AutoModelForCausalLM.from_pretrained(dir).generate. Greedy, CPU (or --device cuda),
 the same torch thread count, exactly --new-tokens new tokens per prompt (EOS ignored / suppressed), batch
-1 and batch 32 (prompts of mixed lengths; transformers gets them left-padded). Precision: r1lab as
+1 and batch 32 (prompts of mixed lengths; transformers gets them left-padded); --device cuda runs both on
+the GPU (scripts/gpu_check.sh). Precision: r1lab as
 `r1lab serve` picks it (--dtype auto: bf16 weights where the CPU has bf16 units and the model is wide
 enough to gain, else fp32); transformers twice, in the checkpoint's dtype (fp32, its default for these
 folders: ratio_b*) and in bf16 (ratio_vs_hf_bf16_b*), so both "each side's default" and "each side at
@@ -58,15 +59,15 @@ class Timer:
             self.wall, self.cpu, self.out = w, c, out
 
 
-def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str):
+def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str, device: str = "cpu"):
     """A function generating for `prompts` with r1lab's engine (warmed up), returning token id lists. dtype as
-    `r1lab serve --dtype` (auto: bf16 where the CPU has bf16 units and the model is wide enough to gain)."""
+    `r1lab serve --dtype` (auto: bf16 where the device has bf16 units and the model is wide enough to gain)."""
     import r1lab
     from r1lab.engine import Engine, SamplingParams
     from r1lab.engine.precision import serving_dtype
 
     model, tokenizer = r1lab.load(folder)
-    model.to(serving_dtype(dtype, model.config.hidden_size)).eval()
+    model.to(device=device, dtype=serving_dtype(dtype, model.config.hidden_size, device)).eval()
     engine = Engine(model, tokenizer, max_running=max(len(prompts), 1))
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     engine.generate(prompts[:1], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))  # warm-up
@@ -79,14 +80,14 @@ def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str):
     return go
 
 
-def theirs(folder: Path, prompts: list[list[int]], new_tokens: int, pad_id: int, dtype: torch.dtype):
+def theirs(folder: Path, prompts: list[list[int]], new_tokens: int, pad_id: int, dtype: torch.dtype, device: str = "cpu"):
     """The same with transformers' generate (prompts left-padded, EOS suppressed by min_new_tokens)."""
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     T = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id,
                   temperature=None, top_p=None)
 
@@ -145,9 +146,10 @@ def bench_preset(name: str, args, workdir: Path) -> dict:
     row = {"preset": name}
     for batch in (1, args.batch):
         batch_prompts = prompts[:batch]
-        run_ours = ours(folder, batch_prompts, args.new_tokens, args.dtype)
+        run_ours = ours(folder, batch_prompts, args.new_tokens, args.dtype, args.device)
         # transformers in the checkpoint's dtype (fp32: what from_pretrained gives by default) and in bf16
-        run_hf, run_hf16 = (theirs(folder, batch_prompts, args.new_tokens, 2, dt) for dt in (torch.float32, torch.bfloat16))
+        run_hf, run_hf16 = (theirs(folder, batch_prompts, args.new_tokens, 2, dt, args.device)
+                            for dt in (torch.float32, torch.bfloat16))
         t_ours, t_hf, t_hf16 = Timer(), Timer(), Timer()
         for _ in range(args.repeats):  # alternate, so a burst of load elsewhere hits all alike
             t_ours.run(run_ours)
@@ -189,13 +191,15 @@ def main() -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="r1lab's weights, as `r1lab serve --dtype` (default auto: bf16 where the CPU has bf16 units "
                         "and the model is wide enough to gain; transformers runs in fp32 and in bf16 either way)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: both engines on that device (the token "
+                   "lists both return wait for the device, so the wall times include its work)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default 1: models this small gain little from more, and on a busy "
                         "machine every multi-threaded op waits for a free core)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"decode bench: greedy, {args.new_tokens} new tokens, r1lab --dtype {args.dtype}, CPU, torch threads {args.threads}, "
-          f"best of {args.repeats}", file=sys.stderr)
+    print(f"decode bench: greedy, {args.new_tokens} new tokens, r1lab --dtype {args.dtype}, {args.device}, "
+          f"torch threads {args.threads}, best of {args.repeats}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench_preset(name, args, Path(tmp)) for name in args.presets]
 

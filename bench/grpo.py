@@ -113,7 +113,7 @@ def grpo_section(args):
     # up to 4 times; TRL has no such filter, so both take exactly B*G completions per step
     return GRPOSection(tasks=TASK, group_size=args.group_size, prompts_per_step=args.prompts,
                        max_new_tokens=args.max_tokens, temperature=1.0, rewards=dict(REWARDS), loss="grpo",
-                       advantage="grpo", mu=1, beta=0.0, dynamic_sampling=False)
+                       advantage="grpo", mu=1, beta=0.0, dynamic_sampling=False, max_staleness=args.staleness)
 
 
 def problems_in_order(args, n: int) -> list[dict]:
@@ -306,6 +306,8 @@ def main() -> int:
     p.add_argument("--trl-micro", type=int, default=128,
                    help="TRL's rows per forward/backward (per_device_train_batch_size; gradient accumulation over the "
                         "B*G rows of a step); r1lab runs its default grpo.micro_batch_size")
+    p.add_argument("--staleness", type=int, default=0, choices=[0, 1],
+                   help="r1lab's grpo.max_staleness (1: the next step's rollouts sampled while a step trains)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default 1: the machine is small and shared, and a "
                         "multi-threaded op waits for a free core)")

@@ -129,7 +129,7 @@ def run(args, bench) -> dict:
     cfg = build(GRPOConfig, PRESETS, "cpu-tiny", [
         "grpo.tasks=addition", "grpo.knobs={addition: {digits: 4}}", f"grpo.group_size={G}", f"grpo.prompts_per_step={B}",
         f"grpo.max_new_tokens={L}", f"lr={args.lr_r1lab}", "warmup_steps=0", "min_lr_ratio=1.0", "max_steps=100000",
-        f"seed={args.seed}", "device=cpu"])
+        f"seed={args.seed}", "device=cpu", f"grpo.max_staleness={args.staleness}"])
     stepper = bench.r1lab_grpo_step(start, tmp / "r1lab_run", cfg.grpo, cfg.train)
     model, tokenizer = stepper.trainer.model, stepper.trainer.tokenizer
 

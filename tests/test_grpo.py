@@ -41,6 +41,52 @@ def test_grpo_logs_and_writes_a_checkpoint(tmp_path, init_ckpt):
     assert samples and samples[0]["completion"].startswith("<think>\n")
 
 
+def test_grpo_with_rollout_correction_logs_what_it_cut(tmp_path, init_ckpt):
+    from r1lab.cli import main
+
+    assert main(["grpo", "--init", str(init_ckpt), "--out", str(tmp_path / "run"), "max_steps=1", *FAST,
+                 "grpo.rollout_correction=mis", "grpo.correction_level=token"]) == 0
+    row = read(tmp_path / "run" / "metrics.jsonl")[-1]
+    # r1lab's engine samples with the trainer's own fp32 weights: weights 1 to rounding, nothing cut
+    assert row["correction_masked"] == 0.0 and row["correction_truncated"] == 0.0
+    assert abs(row["correction_ratio"] - 1.0) < 1e-4 and "off_policy" not in row["health"]["signs"]
+
+
+def test_grpo_with_staleness_1_trains_on_rollouts_sampled_one_update_earlier(tmp_path, init_ckpt):
+    from r1lab.cli import main
+
+    for name, staleness in (("sync", "0"), ("async", "1")):
+        assert main(["grpo", "--init", str(init_ckpt), "--out", str(tmp_path / name), "max_steps=3", *FAST,
+                     f"grpo.max_staleness={staleness}", "grpo.dynamic_sampling=false"]) == 0
+    sync, lagged = read(tmp_path / "sync" / "metrics.jsonl"), read(tmp_path / "async" / "metrics.jsonl")
+    assert [r["staleness"] for r in lagged] == [0, 1, 1] and all(r["sampler_wait_s"] >= 0 for r in lagged)
+    assert "staleness" not in sync[0]
+    # the first step is the same in both (both sample on the starting weights, with the same seeds)
+    assert (sync[0]["reward"], sync[0]["loss"]) == (lagged[0]["reward"], lagged[0]["loss"])
+    # later ones were sampled one update earlier: the sampler's log-probs differ from the trainer's by that update
+    # (in the sync run only by float rounding)
+    assert all(lag["logp_gap_mean"] > 100 * now["logp_gap_mean"] for lag, now in zip(lagged[1:], sync[1:]))
+
+
+@pytest.mark.slow  # three GRPO runs in subprocesses
+def test_grpo_with_staleness_1_resumes_exactly_after_sigkill(tmp_path, init_ckpt):
+    # the rollouts sampled ahead are in the checkpoint: the resumed run trains on exactly what the other one did
+    args = ["grpo", "--init", str(init_ckpt), "max_steps=4", "save_every=2", *FAST, "grpo.max_staleness=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "r1lab.cli"]
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
+    kill_at_checkpoint(cmd + args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
+    assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300,
+                   capture_output=True)
+    full, cut = read(tmp_path / "full" / "metrics.jsonl"), read(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4] and [r["staleness"] for r in cut] == [0, 1, 1, 1]
+    for a, b in zip(full, cut):
+        assert (a["loss"], a["reward"], a["response_length"]) == (b["loss"], b["reward"], b["response_length"])
+    weights = [(tmp_path / run / "final" / "model.safetensors").read_bytes() for run in ("full", "cut")]
+    assert weights[0] == weights[1]
+
+
 def test_grpo_logs_accuracy_per_task_with_several_tasks(tmp_path, init_ckpt):
     from r1lab.cli import main
 

@@ -32,6 +32,7 @@ def test_a_healthy_run_raises_no_sign():
     ("length_collapse", lambda s: healthy(s, response_length=100.0 * (0.9 ** s))),
     ("entropy_collapse", lambda s: healthy(s, entropy=1.5 * 0.85 ** s)),
     ("kl_spike", lambda s: healthy(s, kl=0.5 if s == 20 else 0.01)),
+    ("off_policy", lambda s: healthy(s, correction_masked=0.3 if s == 20 else 0.01, correction_truncated=0.0)),
 ])
 def test_each_sign_on_synthetic_metrics(name, make):
     history = [make(step) for step in range(1, 21)]

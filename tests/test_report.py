@@ -65,3 +65,20 @@ def test_three_students_table(tmp_path):
     # the mean of two tasks: sqrt(2 * 8.84^2) / 2 = 6.3 points
     assert "| student-onpolicy | 70.0% ± 6.3 | 1e+12 | 36 s |" in lines
     assert "| student-rl | 10.0% ± 4.2 | 4e+12 | 50 s |" in lines
+
+
+def test_health_section_shows_what_the_rollout_correction_cut(tmp_path):
+    from r1lab.eval.report import health_lines
+
+    path = tmp_path / "m.jsonl"
+    rows = [{"step": s, "correction_masked": m, "correction_truncated": 0.0, "correction_ratio": r,
+             "health": {"signs": {"off_policy": "the rollout correction masked 25% of trained tokens"} if m >= 0.1 else {}}}
+            for s, m, r in ((1, 0.0, 1.0), (2, 0.25, 1.5), (3, 0.05, 1.1))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "\n".join(health_lines([Stage("r1", "c", 1.0, 1.0, metrics=str(path))]))
+    assert "| r1 | off_policy | 1 of 3 | 2 |" in text
+    assert "- r1: the rollout correction masked 10.00% of trained tokens per step (at most 25.00%, step 2); " \
+           "mean weight 1.2000 over 3 steps" in text
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"step": 1, "health": {"signs": {}}}) + "\n")
+    assert "rollout correction" not in "\n".join(health_lines([Stage("r1", "c", 1.0, 1.0, metrics=str(plain))]))

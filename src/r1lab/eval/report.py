@@ -241,7 +241,23 @@ def health_lines(stages: list[Stage]) -> list[str]:
     if not rows:
         return lines + ["No GRPO metrics with health records.", ""]
     return lines + ["| stage | sign | steps flagged | first step | last warning |", "|---|---|---|---|---|", *rows,
-                    "", "Signs and thresholds: r1lab/train/health.py (warnings to look at, not verdicts).", ""]
+                    "", *correction_lines(stages),
+                    "Signs and thresholds: r1lab/train/health.py (warnings to look at, not verdicts).", ""]
+
+
+def correction_lines(stages: list[Stage]) -> list[str]:
+    """Per GRPO stage that ran a rollout correction: what it cut, as shares of the trained tokens per step."""
+    lines = []
+    for s in stages:
+        records = [r for r in (read_metrics(s.metrics) if s.metrics else []) if "correction_ratio" in r]
+        if not records:
+            continue
+        cut = [r.get("correction_masked", 0.0) + r.get("correction_truncated", 0.0) for r in records]
+        how = "masked" if any(r.get("correction_masked", 0.0) for r in records) else "truncated"
+        lines.append(f"- {s.name}: the rollout correction {how} {sum(cut) / len(cut):.2%} of trained tokens per step "
+                     f"(at most {max(cut):.2%}, step {records[cut.index(max(cut))].get('step')}); mean weight "
+                     f"{sum(r['correction_ratio'] for r in records) / len(records):.4f} over {len(records)} steps")
+    return lines + [""] if lines else []
 
 
 def mark(f: Finding | dict) -> str:

@@ -1,4 +1,4 @@
-"""`r1lab grpo`: reinforcement learning on verifiable rewards (GRPO, Dr. GRPO, DAPO), the heart of R1.
+"""`r1lab grpo`: reinforcement learning on verifiable rewards (GRPO, Dr. GRPO, DAPO, GSPO, CISPO, SAPO), the heart of R1.
 
     r1lab grpo --init runs/sft/final --out runs/grpo                      # addition, accuracy + format
     r1lab grpo --init runs/sft/final --out runs/grpo grpo.tasks=addition,countdown grpo.loss=dapo
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from .grpo_config import PRESETS, GRPOConfig, GRPOSection
 from .grpo_loss import fill_logp, group_advantages, make_loss_fn, policy_batch
 from .lora import attach_lora
 from .loop import Trainer, load_model_for, save_config, setup_run, train
-from .step import lr_at, train_step
+from .step import autocast, lr_at, train_dtype, train_step
 
 
 class Reference:
@@ -57,6 +58,120 @@ class Reference:
             self.model = load_any(self.source)[0].eval().requires_grad_(False)
 
 
+def rollout_correction(cfg: GRPOSection, dtype: str) -> str:
+    """The rollout correction a run applies: grpo.rollout_correction, or for auto, mis where the sampler is not
+    the trainer (vLLM; bf16 autocast training while r1lab's engine samples with the fp32 weights) and its
+    log-probs are of the distribution it sampled (vLLM's always; r1lab's engine's at temperature 1, no top-p),
+    else none (today's fp32 CPU runs: sampler and trainer are one model in one precision)."""
+    if cfg.rollout_correction != "auto":
+        return cfg.rollout_correction
+    differs = cfg.rollout == "vllm" or dtype == "bf16"
+    exact = cfg.rollout == "vllm" or (cfg.temperature == 1.0 and cfg.top_p == 1.0)
+    return "mis" if differs and exact else "none"
+
+
+class AsyncSampler:
+    """grpo.max_staleness=1: a copy of the policy and its own engine sample the next step's rollouts in a
+    background thread while the trainer trains on this step's, which the copy sampled one update earlier.
+
+    `take(step)` returns the rollouts for `step` (sampled ahead during the previous step; the first step's are
+    sampled now, on the current weights), `ahead(step + 1)` copies the trainer's current weights into the copy and
+    starts sampling the next step's, and `wait()` holds the step's end until they are done, so that a checkpoint
+    never races the sampler. Every rollout carries its tokens' log-probs under the weights that sampled it,
+    computed by the copy before those weights move on: the PPO ratio's old policy. The rollouts sampled ahead
+    are part of the checkpoint (`state_dict`), so that a resumed run trains on exactly what the uninterrupted
+    one would have. One rank only: the checkpoint holds rank 0's state."""
+
+    def __init__(self, trainer: Trainer, cfg: GRPOSection, prompts: PromptStream, scorer, n_local: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if trainer.run.dist.world_size > 1 or trainer.run.train.fsdp:
+            raise ConfigError("grpo.max_staleness=1 runs on one rank (the rollouts sampled ahead are saved from rank 0)")
+        self.trainer, self.cfg, self.prompts, self.scorer, self.n_local = trainer, cfg, prompts, scorer, n_local
+        self.model = copy.deepcopy(trainer.model).eval().requires_grad_(False)
+        self.engine = Engine(self.model, trainer.tokenizer, max_running=max(8, n_local * cfg.group_size))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="grpo-sampler")
+        self.pending = None  # the future of the next step's rollouts
+        self.ready: tuple[int, Rollouts, SampleStats, float] | None = None  # (step, rollouts, stats, gen_s)
+
+    def _sample(self, step: int) -> tuple[int, Rollouts, SampleStats, float]:
+        started = time.perf_counter()
+        run = self.trainer.run
+        rollouts, stats = collect(self.engine, self.trainer.tokenizer, self.prompts, self.scorer, self.cfg, self.n_local,
+                                  run.train.seed * 100_003 + step, step)
+        if rollouts.rewards:  # the sampling weights' log-probs, in the trainer's precision (autocast is per thread)
+            batch = policy_batch(rollouts, torch.zeros(len(rollouts.rewards)), self.trainer.tokenizer.pad_token_id, False)
+            with autocast(run, self.model):
+                fill_logp(self.model, batch, self.cfg.temperature, self.cfg.micro_batch_size, "old_logp", self.cfg.pack)
+            rollouts.old_logp = [batch.old_logp[i, len(p) - 1:len(p) + len(c) - 1].tolist()
+                                 for i, (p, c) in enumerate(zip(rollouts.prompt_ids, rollouts.completion_ids))]
+        return step, rollouts, stats, time.perf_counter() - started
+
+    def _load_weights(self) -> None:
+        with torch.no_grad():
+            self.model.load_state_dict(self.trainer.model.state_dict())
+        self.engine.refresh()
+
+    def take(self, step: int) -> tuple[Rollouts, SampleStats, float, int]:
+        """This step's rollouts, their stats, the seconds sampling them took, and how many updates old they are."""
+        staleness = 1
+        if self.ready is None:  # the run's first step (or a resume from a run without): nothing was sampled ahead
+            self._load_weights()
+            self.ready, staleness = self._sample(step), 0
+        ready_step, rollouts, stats, gen_s = self.ready
+        if ready_step != step:
+            raise RuntimeError(f"rollouts sampled ahead for step {ready_step}, asked for step {step}")
+        self.ready = None
+        return rollouts, stats, gen_s, staleness
+
+    def ahead(self, step: int) -> None:
+        self._load_weights()  # the weights of this step, before its update: the next batch is one version old
+        self.pending = self.pool.submit(self._sample, step)
+
+    def wait(self) -> float:
+        """Seconds the step's end waited for the rollouts sampled ahead."""
+        started = time.perf_counter()
+        if self.pending is not None:
+            self.ready, self.pending = self.pending.result(), None
+        return time.perf_counter() - started
+
+    def state_dict(self) -> dict[str, Any]:
+        self.wait()
+        if self.ready is None:
+            return {}
+        step, rollouts, stats, gen_s = self.ready
+        return {"step": step, "rollouts": dataclasses.asdict(rollouts), "stats": dataclasses.asdict(stats), "gen_s": gen_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            stats = SampleStats(**state["stats"])
+            stats.reviews = [tuple(r) for r in stats.reviews]
+            self.ready = (state["step"], Rollouts(**state["rollouts"]), stats, state["gen_s"])
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+        self.pool.shutdown(wait=True)
+
+
+class StepState:
+    """What GRPO adds to a checkpoint: the reference model's source (beta > 0) and the rollouts sampled ahead
+    (max_staleness > 0), in one state dict."""
+
+    def __init__(self, reference: Reference | None, sampler: AsyncSampler | None):
+        self.reference, self.sampler = reference, sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.reference.state_dict() if self.reference is not None else {}
+        return {**state, "ahead": self.sampler.state_dict()} if self.sampler is not None else state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.reference is not None:
+            self.reference.load_state_dict(state)
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state.get("ahead", {}))
+
+
 class GRPOStep:
     """One GRPO step, the function the loop (and bench/grpo.py) calls: collect -> advantages -> policy
     batch -> update -> metrics record."""
@@ -65,7 +180,10 @@ class GRPOStep:
         self.trainer, self.cfg, self.prompts, self.reference = trainer, cfg, prompts, reference
         self.n_local = cfg.prompts_per_step // trainer.run.dist.world_size
         self.scorer = combine(cfg.rewards)
-        if cfg.rollout == "vllm":
+        self.sampler = AsyncSampler(trainer, cfg, prompts, self.scorer, self.n_local) if cfg.max_staleness else None
+        if self.sampler is not None:
+            self.engine = self.sampler.engine  # the policy's copy samples; the trainer's weights only train
+        elif cfg.rollout == "vllm":
             from ..engine.vllm_rollout import VLLMRollout  # vLLM is heavy and optional
 
             self.engine = VLLMRollout(trainer.model, trainer.tokenizer, cfg.vllm,
@@ -74,20 +192,28 @@ class GRPOStep:
             self.engine = Engine(trainer.model, trainer.tokenizer, max_running=max(8, self.n_local * cfg.group_size))
         self.samples = None  # samples.jsonl on rank 0, opened at the first write
         self.monitor = health.Monitor(cfg.stop_on)  # the health signs of each step (train/health.py)
+        self.correction = rollout_correction(cfg, train_dtype(trainer.run, trainer.model))
 
     def __call__(self, step: int) -> dict[str, Any]:
         trainer, run = self.trainer, self.trainer.run
         started = time.perf_counter()
         trainer.model.eval()
-        self.engine.refresh()  # the weights changed in place at the last optimizer step
-        rollouts, stats = collect(self.engine, trainer.tokenizer, self.prompts, self.scorer, self.cfg, self.n_local,
-                                  run.train.seed * 100_003 + step, step)
-        gen_s = time.perf_counter() - started
+        if self.sampler is None:
+            self.engine.refresh()  # the weights changed in place at the last optimizer step
+            rollouts, stats = collect(self.engine, trainer.tokenizer, self.prompts, self.scorer, self.cfg, self.n_local,
+                                      run.train.seed * 100_003 + step, step)
+            gen_s = time.perf_counter() - started
+        else:  # sampled during the last step (gen_s: the sampler's own time); the next step's start now
+            rollouts, stats, gen_s, staleness = self.sampler.take(step)
+            self.sampler.ahead(step + 1)
         update_started = time.perf_counter()
         # every rank must take part in the optimizer step, even one that kept no group
         n_rows_total, = all_reduce_sum([float(len(rollouts.rewards))], run.dist)
         update = self.update(rollouts, int(n_rows_total), step)
-        record = self.metrics(stats, int(n_rows_total), step, gen_s, time.perf_counter() - update_started)
+        train_s = time.perf_counter() - update_started
+        if self.sampler is not None:  # the step ends when the next step's rollouts are in (checkpoints stay exact)
+            update = {**update, "staleness": staleness, "sampler_wait_s": self.sampler.wait()}
+        record = self.metrics(stats, int(n_rows_total), step, gen_s, train_s)
         self.write_samples(step + 1, stats)
         record = {**record, **update}
         record["health"] = self.monitor.check(record, stats.rewards, stats.repetition, self.cfg.group_size)
@@ -109,14 +235,14 @@ class GRPOStep:
         n_tokens_total, = all_reduce_sum([float(batch.n_targets)], dist)
         if cfg.beta == 0 and cfg.skip_zero_advantage:
             batch = batch.useful()
-        if cfg.mu > 1:  # the sampling policy's log-probs, fixed across the mu updates
+        if cfg.mu > 1 and batch.old_logp is None:  # the sampling policy's log-probs, fixed across the mu updates
             fill_logp(trainer.model, batch, cfg.temperature, cfg.micro_batch_size, "old_logp", cfg.pack)
         if self.reference is not None:
             fill_logp(self.reference.model.to(dist.device), batch, cfg.temperature, cfg.micro_batch_size, "ref_logp",
                       cfg.pack)
         trainer.model.train()
         parity: list[torch.Tensor] = []  # |log p_engine - log p_trainer| per micro-batch, first update only
-        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity)
+        loss_fn = make_loss_fn(cfg, n_rows_total, int(max(n_tokens_total, 1)), parity, self.correction)
         micro = batch.micro_batches(cfg.micro_batch_size)
         weights = [1.0] * len(micro)  # loss_fn already scales each micro-batch
         for _ in range(cfg.mu):
@@ -186,6 +312,8 @@ class GRPOStep:
     def close(self) -> None:
         if self.cfg.rollout == "vllm":
             self.engine.close()  # vLLM shuts down before the trainer tears the process group down
+        if self.sampler is not None:
+            self.sampler.close()
         if self.samples is not None:
             self.samples.close()
 
@@ -204,8 +332,9 @@ def grpo(cfg: GRPOConfig, out: str | Path, *, init: str | Path, resume: bool = F
         trainer = Trainer.build(run, model, tokenizer)
         prompts = PromptStream(cfg.grpo, cfg.train.seed, run.dist.rank, run.dist.world_size)
         step_fn = GRPOStep(trainer, cfg.grpo, prompts, reference)
+        extra = StepState(reference, step_fn.sampler) if step_fn.sampler is not None else reference
         try:
-            train(trainer, prompts, step_fn, desc="grpo", extra=reference, time_limit_s=cfg.grpo.time_limit_s)
+            train(trainer, prompts, step_fn, desc="grpo", extra=extra, time_limit_s=cfg.grpo.time_limit_s)
         finally:
             step_fn.close()
     return Path(out) / "final"

@@ -83,6 +83,9 @@ class Rollouts:
     rewards: list[float] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     engine_logp: list[list[float]] = field(default_factory=list)  # the sampler's raw log-prob of each token
+    # grpo.max_staleness > 0: each token's log-prob under the weights that sampled it, in the trainer's precision
+    # (grpo.py's AsyncSampler computes them before those weights move on); empty: the trainer's own serve
+    old_logp: list[list[float]] = field(default_factory=list)
 
     def add(self, prompt_ids: list[int], completions: list[list[int]], rewards: list[float], truncated: list[bool],
             logprobs: list[list[float]] | None = None) -> None:

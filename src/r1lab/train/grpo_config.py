@@ -7,6 +7,8 @@ from ..config import TrainConfig
 from . import health
 from .lora import LoRAConfig
 
+LOSSES = ("grpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo")  # grpo_loss.py
+
 
 @dataclass
 class GRPOSection:
@@ -20,10 +22,23 @@ class GRPOSection:
     top_p: float = 1.0
     rewards: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2})
     advantage: str = "grpo"  # grpo: (r - mean) / std | dr_grpo: r - mean
-    loss: str = "grpo"  # grpo | dr_grpo | dapo
+    loss: str = "grpo"  # grpo | dr_grpo | dapo | gspo | cispo | sapo (grpo_loss.py, docs/grpo.md)
     epsilon_low: float = 0.2
-    epsilon_high: float = 0.2  # DAPO's clip-higher uses e.g. 0.28
+    epsilon_high: float = 0.2  # DAPO's clip-higher uses e.g. 0.28; the GSPO paper 3e-4 / 4e-4 (sequence ratios)
+    cispo_cap: float = 5.0  # cispo: the cap on the importance weight (TRL's epsilon_high for cispo; ScaleRL's 5)
+    sapo_temperature_pos: float = 1.0  # sapo: the gate's temperature for A > 0 (TRL's defaults)
+    sapo_temperature_neg: float = 1.05  # ... and for A <= 0
+    # importance weights pi_trainer / pi_sampler from the sampler's own log-probs: none | tis (truncate at the cap)
+    # | mis (drop above the cap) | auto: mis where sampler and trainer differ (vLLM rollouts, bf16 training beside
+    # the engine's fp32 sampling), else none (grpo.py's rollout_correction)
+    rollout_correction: str = "auto"
+    correction_level: str = "sequence"  # token | sequence (the product of the sequence's token ratios)
+    correction_cap: float = 3.0  # TRL's vllm_importance_sampling_clip_max
     mu: int = 1  # optimizer steps per batch of samples
+    # 0: sample, then train on what the current weights sampled (exact on-policy); 1: the next step's rollouts are
+    # sampled while this step trains, by a copy of the policy that gets the weights after each update, so each
+    # batch is one policy version old (its own log-probs are the PPO ratio's old policy); grpo.py's AsyncSampler
+    max_staleness: int = 0
     beta: float = 0.0  # KL weight to the frozen reference model (0: no reference model at all)
     mask_truncated: bool = False  # no loss on completions cut by max_new_tokens (DAPO's overlong filtering)
     overlong_buffer: int = 0  # DAPO's soft over-length penalty over the last N tokens (0: off)
@@ -46,8 +61,24 @@ class GRPOSection:
     def __post_init__(self) -> None:
         if self.advantage not in ("grpo", "dr_grpo"):
             raise ValueError(f"grpo.advantage must be grpo or dr_grpo, got {self.advantage!r}")
-        if self.loss not in ("grpo", "dr_grpo", "dapo"):
-            raise ValueError(f"grpo.loss must be grpo, dr_grpo or dapo, got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"grpo.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.rollout_correction not in ("auto", "none", "tis", "mis"):
+            raise ValueError(f"grpo.rollout_correction must be auto, none, tis or mis, got {self.rollout_correction!r}")
+        if self.correction_level not in ("token", "sequence"):
+            raise ValueError(f"grpo.correction_level must be token or sequence, got {self.correction_level!r}")
+        if self.correction_cap <= 0 or self.cispo_cap <= 0:
+            raise ValueError("grpo.correction_cap and grpo.cispo_cap must be positive")
+        if self.rollout_correction in ("tis", "mis") and self.rollout == "r1lab" and (
+                self.temperature != 1.0 or self.top_p != 1.0):
+            # r1lab's engine reports raw log-probs (temperature 1, no top-p): not the distribution it sampled
+            raise ValueError("grpo.rollout_correction with r1lab's engine needs grpo.temperature=1 and grpo.top_p=1 "
+                             "(its log-probs are raw); vLLM's are of the sampling distribution")
+        if self.max_staleness not in (0, 1):
+            raise ValueError(f"grpo.max_staleness must be 0 or 1 (one batch sampled ahead), got {self.max_staleness}")
+        if self.max_staleness and self.rollout != "r1lab":
+            raise ValueError("grpo.max_staleness=1 samples with r1lab's engine on a copy of the policy; "
+                             "with grpo.rollout=vllm use max_staleness=0")
         if self.group_size < 2:
             raise ValueError("grpo.group_size must be at least 2 (advantages are relative to the group)")
         if self.mu < 1:

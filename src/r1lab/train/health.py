@@ -13,6 +13,8 @@ adds the result to each record as `health` ({"signs": {name: message}, "repetiti
     entropy_collapse         policy entropy <= 0.1x its mean over the first 5 steps (or below 0.02 nats)
     kl_spike                 KL to the reference >= 5x its median over the last 10 steps, and >= 0.05
     zero_signal              >= 90% of groups have all-equal rewards (no advantage, no gradient)
+    off_policy               the rollout correction masked or truncated >= 10% of the trained tokens (the
+                             sampler drifted from the trainer: grpo.rollout_correction)
 
 Thresholds are module constants; they are warnings to look at, not verdicts (R1's thinking grew with RL).
 """
@@ -31,8 +33,9 @@ BLOWUP, COLLAPSE = 3.0, 0.4
 ENTROPY_FLOOR_SHARE, ENTROPY_FLOOR = 0.1, 0.02
 KL_SPIKE, KL_MIN = 5.0, 0.05
 ZERO_SIGNAL = 0.9
+OFF_POLICY = 0.1
 SIGNS = ("truncation", "repetition", "format_without_accuracy", "length_blowup", "length_collapse", "entropy_collapse",
-         "kl_spike", "zero_signal")
+         "kl_spike", "zero_signal", "off_policy")
 
 
 def check_stop_on(stop_on: str) -> list[str]:
@@ -111,6 +114,10 @@ def signs(history: list[dict], repetition_share: float = 0.0, zero_signal: float
             found["kl_spike"] = f"KL {kl[-1]:.3f}, {kl[-1] / max(typical, 1e-12):.0f}x its recent median {typical:.4f}"
     if zero_signal >= ZERO_SIGNAL:
         found["zero_signal"] = f"{zero_signal:.0%} of groups have all-equal rewards"
+    cut = now.get("correction_masked", 0.0) + now.get("correction_truncated", 0.0)
+    if cut >= OFF_POLICY:
+        how = "masked" if now.get("correction_masked", 0.0) else "truncated"
+        found["off_policy"] = f"the rollout correction {how} {cut:.0%} of trained tokens (sampler != trainer)"
     return found
 
 
