@@ -3,7 +3,7 @@ overrides reach one stage or the whole recipe; mistakes name the file and the ke
 import pytest
 
 from r1lab.config import ConfigError
-from r1lab.recipe import builtin_recipes, load_recipe
+from r1lab.recipe import builtin_recipes, eval_settings, load_recipe
 from r1lab.speedrun import Speedrun
 
 
@@ -19,7 +19,9 @@ def test_builtin_recipes_ship_with_the_package():
 def test_cpu_recipe_stages(tmp_path):
     recipe = load_recipe("cpu")
     assert [s.name for s in recipe.stages] == ["base", "r1-zero", "r1-cold-start", "r1-grpo1", "r1-rs-sft", "r1",
-                                               "student-base", "student-distilled", "student-rl", "student-onpolicy"]
+                                               "student-base", "student-rl", "student-sft", "student-distilled",
+                                               "student-onpolicy", "student-grpo"]
+    assert recipe.clean_examples == 500
     assert recipe.final == "r1" and recipe.stage("r1").start == "r1-rs-sft"
     cfg = configs(recipe, tmp_path)
     base, _ = cfg["base"]
@@ -32,9 +34,17 @@ def test_cpu_recipe_stages(tmp_path):
     assert (rs.train.warmup_steps, rs.train.lr) == (16, 3e-4)
     assert traces == {"teacher": "r1-grpo1", "problems": 200, "k": 4, "seed": 1, "folder": "rejection", "add_cold_start": True}
     assert cfg["student-rl"][0].grpo.max_sampling_rounds == 4  # the GRPO default
+    cold, _ = cfg["r1-cold-start"]
+    assert (cold.train.max_steps, cold.train.lr) == (60, 1e-3) and recipe.stage("r1-cold-start").data == "cold_start"
+    # the three continuations of one partly SFT'd student, each evaluated along the way (its checkpoints kept)
+    for name in ("student-distilled", "student-onpolicy", "student-grpo"):
+        assert recipe.stage(name).start == "student-sft" and cfg[name][0].train.keep_checkpoints == 0
+        assert eval_settings(recipe.stage(name), recipe)[2] is True
+    assert eval_settings(recipe.stage("student-sft"), recipe)[2] is False
+    assert cfg["student-sft"][1] == cfg["student-distilled"][1]  # the same verified traces of R1
     onpolicy = recipe.stage("student-onpolicy")
     # a fixed step count, no wall-time budget: the stage does the same steps on any machine at any load
-    assert (onpolicy.kind, onpolicy.start, onpolicy.teacher, onpolicy.budget) == ("onpolicy", "student-base", "r1", "")
+    assert (onpolicy.kind, onpolicy.start, onpolicy.teacher, onpolicy.budget) == ("onpolicy", "student-sft", "r1", "")
     opd, _ = cfg["student-onpolicy"]
     assert (opd.train.max_steps, opd.train.lr, opd.grpo.time_limit_s) == (60, 1e-4, 0.0)
     assert (opd.grpo.tasks, opd.grpo.max_new_tokens, opd.grpo.loss, opd.grpo.group_size) == ("addition,countdown", 128,
@@ -129,7 +139,6 @@ def test_aha_recipe_stages(tmp_path):
     working (checks in all, then a tenth of the traces; the control none), keep the recipe's addition knobs,
     and are evaluated on addition with room for a check (the skill stages not at all); the other stages keep
     the recipe's settings."""
-    from r1lab.recipe import eval_settings
 
     recipe = load_recipe("aha")
     assert [s.name for s in recipe.stages] == ["base", "aha-skill", "aha-base", "aha-zero", "aha-control-skill",

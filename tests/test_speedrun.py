@@ -16,9 +16,15 @@ def test_shortened_speedrun_end_to_end(tmp_path):
     assert report.startswith("# r1lab speedrun") and "## Cost" in report
     summary = json.loads((out / "summary.json").read_text())
     stages = {row["stage"] for row in summary["table"]}
-    assert {"base", "r1-zero", "r1", "student-distilled", "student-rl", "student-onpolicy"} <= stages
+    assert {"base", "r1-zero", "r1", "student-sft", "student-distilled", "student-rl", "student-onpolicy",
+            "student-grpo"} <= stages
     assert "## Students" in report and "| student-onpolicy |" in report
-    assert any(f["claim"].startswith("Students: ") for f in summary["findings"])
+    # the continuations of student-sft at equal compute: their checkpoints evaluated, a figure, a verdict
+    evals = json.loads((out / "eval.json").read_text())
+    assert {"student-distilled@2", "student-onpolicy@1", "student-grpo@1"} <= set(evals)
+    assert "## The students at equal compute" in report and (out / "students_by_flops.png").stat().st_size > 1000
+    keys = [f["key"] for f in summary["findings"]]
+    assert "on-policy vs continued SFT at equal FLOPs" in keys and "R1 over its cold start >= 10 pts" in keys
     assert len(summary["findings"]) >= 3 and summary["cost"]["total_flops"] > 0 and summary["seed"] == 0
     assert all(f["figure"] for f in summary["findings"] if f["passed"] is not None)  # each verdict with its figure
     assert not any(s.startswith("aha-") for s in stages) and "## Aha moment" not in report
