@@ -13,6 +13,7 @@ from typing import Any
 
 from .engine import Engine, SamplingParams
 from .rewards import columns_of
+from .chat_tokenizer import recipe_messages
 from .tokenizer import Tokenizer, response_prefix_of
 
 
@@ -45,8 +46,9 @@ class Rollout:
 
 def chat_prompt(tokenizer: Tokenizer, problem: dict) -> list[int]:
     """A problem's prompt as token ids: one user turn, then the opened assistant turn (with what the template
-    pre-fills, e.g. THINK_PREFIX)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": problem["prompt"]}], add_generation_prompt=True)
+    pre-fills, e.g. THINK_PREFIX); Open-R1's system prompt first where the template does not know <think>."""
+    messages = recipe_messages(tokenizer, [{"role": "user", "content": problem["prompt"]}])
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
 
 def rollout(engine: Engine, tokenizer: Tokenizer, problems: list[dict], k: int, *, max_tokens: int,

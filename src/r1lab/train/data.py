@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import tasks
+from ..chat_tokenizer import recipe_messages
 from ..tokenizer import EOS, THINK_PREFIX, max_token_chars, render_chat, response_prefix_of
 
 IGNORE = -100
@@ -221,7 +222,7 @@ def chat_example(row: dict, tokenizer, max_chars: int | None = None) -> Example:
         messages = [dict(m, content=m["content"][:max_chars]) if isinstance(m.get("content"), str) else m
                     for m in messages]
     # prompt and completion are tokenized apart, exactly as the engine sees them when it generates
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(recipe_messages(tokenizer, messages), add_generation_prompt=True)
     completion = completion_text(response, response_prefix_of(tokenizer))
     return Example(prompt, tokenizer.encode(completion) + [tokenizer.eos_token_id])
 

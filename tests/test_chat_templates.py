@@ -1,0 +1,96 @@
+"""Template fidelity: r1lab renders a conversation through a checkpoint's own chat template to exactly the ids
+transformers' `apply_chat_template` gives, for the real templates of Qwen2.5, Qwen3, Llama 3.1/3.2,
+DeepSeek-R1-Distill and DeepSeek-V3 (tests/fixtures/chat_templates, see its README for where they come from):
+with and without a system message, tools, assistant tool calls, tool results and thinking. Nothing is added
+to the prompt unless a recipe asks (Open-R1's system prompt)."""
+from __future__ import annotations
+
+import json
+
+import jinja2
+import pytest
+import transformers
+
+from hf_tiny import REAL, make_tokenizer
+from r1lab.chat_tokenizer import R1_SYSTEM_PROMPT, load_tokenizer, recipe_messages
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+                   "required": ["city"]}}}]
+ARGS = {"city": "Paris", "unit": "C"}
+
+
+def conversations(family: str) -> dict[str, tuple[list[dict], list | None]]:
+    # DeepSeek's templates concatenate the arguments as text; the others serialise a dict (tojson)
+    args = json.dumps(ARGS) if family in ("r1distill_hub", "deepseekv3") else ARGS
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": args}}
+    user = {"role": "user", "content": "What is the weather in Paris?"}
+    calling = {"role": "assistant", "content": "", "tool_calls": [call]}
+    result = {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'}
+    chats = {
+        "user": ([user], None),
+        "system": ([{"role": "system", "content": "Be brief."}, user], None),
+        "thinking": ([user, {"role": "assistant", "content": "<think>\nlook it up\n</think>\n\nSunny."},
+                      {"role": "user", "content": "And tomorrow?"}], None),
+        "tools": ([user], TOOLS),
+        "tools_system": ([{"role": "system", "content": "Be brief."}, user], TOOLS),
+        "tool_loop": ([user, calling, result], TOOLS),
+        "tool_answer": ([user, calling, result, {"role": "assistant", "content": "It is 21 degrees."}], TOOLS),
+        # content null beside the calls, as OpenAI clients send it: the key is dropped, as transformers drops it
+        "tool_null_content": ([user, dict(calling, content=None), result], TOOLS),
+    }
+    if family == "qwen3":  # the thinking of a tool sub-turn is kept, given apart as reasoning_content
+        chats["tool_reasoning"] = ([user, dict(calling, content="", reasoning_content="I need the weather."), result],
+                                   TOOLS)
+    return chats
+
+
+@pytest.fixture(scope="module", params=list(REAL))
+def pair(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    make_tokenizer(folder, request.param)
+    return request.param, load_tokenizer(folder), transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def test_ids_equal_transformers_for_every_conversation(pair):
+    family, ours, theirs = pair
+    for name, (chat, tools) in conversations(family).items():
+        for gen in (False, True):
+            try:
+                expected = theirs.apply_chat_template(chat, tools=tools, add_generation_prompt=gen, tokenize=True,
+                                                      return_dict=False)
+            except jinja2.TemplateError as e:  # DeepSeek's templates need content beside tool calls: so do we
+                with pytest.raises(type(e)):
+                    ours.apply_chat_template(chat, add_generation_prompt=gen, tools=tools)
+                continue
+            got = ours.apply_chat_template(chat, add_generation_prompt=gen, tools=tools)
+            assert got == list(expected), (family, name, gen, ours.decode(got), theirs.decode(expected))
+        if name == "tool_null_content":
+            continue
+        text = ours.apply_chat_template(chat, add_generation_prompt=True, tools=tools, tokenize=False)
+        assert R1_SYSTEM_PROMPT not in text  # nothing of r1lab's own is added
+        if tools and family not in ("r1distill_hub", "deepseekv3"):  # DeepSeek's templates do not render tools
+            assert "get_weather" in text
+
+
+def test_template_arguments_reach_the_template(pair):
+    family, ours, theirs = pair
+    if family != "qwen3":
+        pytest.skip("enable_thinking is Qwen3's switch")
+    chat = [{"role": "user", "content": "hi"}]
+    off = ours.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    assert off.endswith("<think>\n\n</think>\n\n")
+    assert ours.encode(off) == list(theirs.apply_chat_template(chat, add_generation_prompt=True, enable_thinking=False,
+                                                              tokenize=True, return_dict=False))
+
+
+def test_r1_system_prompt_only_where_the_recipe_asks(pair):
+    family, ours, _ = pair
+    chat = [{"role": "user", "content": "What is 2 + 3?"}]
+    assert R1_SYSTEM_PROMPT not in ours.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    recipe = ours.apply_chat_template(recipe_messages(ours, chat), add_generation_prompt=True, tokenize=False)
+    # only a template that never mentions <think> gets Open-R1's prompt, and never over the user's own system
+    assert (R1_SYSTEM_PROMPT in recipe) == (family in ("qwen2_5", "llama3_1", "llama3_2"))
+    system = [{"role": "system", "content": "Be brief."}, *chat]
+    assert recipe_messages(ours, system) == system
