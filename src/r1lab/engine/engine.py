@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 import torch
 
 from ..model import Transformer
+from .constraint import apply_masks
 from .detok import Detokenizer
 from .gqa import eos_ids, runner_and_cache
 from .progress import progress_bar
@@ -373,6 +374,9 @@ class Engine:
 
     def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor) -> None:
         """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""
+        constraints = [r.params.constraint for r in requests]
+        if any(c is not None for c in constraints):
+            logits = apply_masks(logits, constraints)
         tokens, logprobs = sampler(logits)
         top = top_logprobs(logits, sampler.top_logprobs) if sampler.top_logprobs else None
         token_list, logprob_list = tokens.tolist(), logprobs.tolist() if logprobs is not None else None
@@ -392,6 +396,8 @@ class Engine:
         if r.params.max_tokens == 0:  # scoring only (prompt_logprobs): the sampled token is dropped
             return r.finish("length")
         r.output.append(t)
+        if r.params.constraint is not None:
+            r.params.constraint.advance(t)
         if r.logprobs is not None:
             r.logprobs.append(logprob)
         if r.top_logprobs is not None:

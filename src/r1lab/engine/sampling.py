@@ -27,6 +27,7 @@ class SamplingParams:
     same number however a token was sampled, and vLLM's default. logprobs=True returns one per sampled
     token; top_logprobs=k (implies logprobs) also the k most likely tokens of each step; prompt_logprobs=k
     (None = off) the log-prob of every prompt token after the first, with its rank and the step's top k.
+    With a `constraint`, sampling (and the log-probs) see the masked logits.
     """
 
     max_tokens: int = 256
@@ -40,6 +41,9 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_logprobs: int | None = None
+    # a constraint.Constraint (one per request: it keeps the request's grammar state): masks the logits to
+    # what a grammar allows after the thinking, or closes the thinking at a budget
+    constraint: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # the OpenAI API allows one string

@@ -31,6 +31,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-waiting", type=int, default=128, help="sequences queued beyond the batch before 429")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--model-name", default=None, help="model id in the API (default: the checkpoint folder's name)")
+    p.add_argument("--thinking-budget", type=int, default=None,
+                   help="close every answer's thinking after this many tokens (a request's thinking_budget overrides it)")
     add_dtype_argument(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the model on CPU (default: torch's count less one, left to the HTTP side: "
@@ -56,7 +58,7 @@ def run_serve(args) -> int:
     name = args.model_name or Path(args.checkpoint).resolve().name
     engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len)
     app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting,
-                     max_body_bytes=args.max_request_bytes)
+                     max_body_bytes=args.max_request_bytes, thinking_budget=args.thinking_budget)
     engine.start()
     logging.getLogger("r1lab.serve").info("serving %s as '%s' at http://%s:%d%s", args.checkpoint, name, args.host,
                                           args.port, " (API key required)" if args.api_key else "")
