@@ -275,3 +275,49 @@ def test_openai_client_raises_bad_request_for_an_unknown_tool(qwen2_server):
     with pytest.raises(openai.BadRequestError):
         client(qwen2_server).chat.completions.create(model="qwen2", messages=USER, tools=TOOLS,
                                                      tool_choice={"type": "function", "function": {"name": "nope"}})
+
+
+# ---------------------------------------------------------------- the thinking switch and budget
+
+@pytest.fixture(scope="module")
+def r1lab_server(tokenizer):
+    torch.manual_seed(0)
+    with serve(Transformer(tiny_config(tokenizer.vocab_size)).eval(), tokenizer, "r1", max_model_len=512,
+               thinking_budget=7) as s:
+        yield s
+
+
+@pytest.mark.parametrize("budget", [0, 4, None])
+def test_thinking_budget_closes_the_thinking(r1lab_server, budget):
+    extra = {} if budget is None else {"thinking_budget": budget}  # None: the server's --thinking-budget (7)
+    r = client(r1lab_server).chat.completions.create(model="r1", messages=USER, max_tokens=20, temperature=1.0,
+                                                     seed=3, extra_body=extra)
+    # a random model never writes </think> by itself: the budget writes it after exactly that many tokens
+    assert r.usage.completion_tokens_details.reasoning_tokens == (7 if budget is None else budget) + 1
+    m = r.choices[0].message
+    assert m.model_extra["reasoning"] == m.reasoning_content and m.content is not None
+
+
+@pytest.mark.parametrize("switch", [{"reasoning_effort": "none"}, {"chat_template_kwargs": {"enable_thinking": False}},
+                                    {"chat_template_kwargs": {"thinking": False}}])
+def test_thinking_switched_off_for_a_template_that_opens_it(r1lab_server, switch):
+    r = client(r1lab_server).chat.completions.create(model="r1", messages=USER, max_tokens=6, temperature=1.0,
+                                                     seed=3, extra_body=switch)
+    on = r1lab_server.tokenizer.apply_chat_template(USER, add_generation_prompt=True)
+    off = r1lab_server.tokenizer.encode(r1lab_server.tokenizer.decode(on) + "</think>\n\n")
+    assert r.usage.prompt_tokens == len(off)  # the thinking is closed in the prompt: the answer starts at once
+    assert r.choices[0].message.reasoning_content is None and r.choices[0].message.content
+    assert r.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_enable_thinking_reaches_qwen3s_template(family_server):
+    if family_server.family != "qwen3":
+        pytest.skip("enable_thinking is Qwen3's template argument")
+    tok = family_server.tokenizer
+    for effort, enable in (("none", False), ("high", True)):
+        r = client(family_server).chat.completions.create(model="qwen3", messages=USER, max_tokens=2,
+                                                          extra_body={"reasoning_effort": effort})
+        assert r.usage.prompt_tokens == len(tok.apply_chat_template(USER, add_generation_prompt=True,
+                                                                    enable_thinking=enable))
+    assert len(tok.apply_chat_template(USER, add_generation_prompt=True, enable_thinking=False)) > \
+        len(tok.apply_chat_template(USER, add_generation_prompt=True))

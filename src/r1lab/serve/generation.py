@@ -189,7 +189,9 @@ def _usage(state: ServerState, job: Job, completion_tokens: int, reasoning_token
                  total_tokens=job.prompt_tokens + completion_tokens, completion_tokens_details=details)
 
 
-def _reasoning_tokens(state: ServerState, token_ids: list[int]) -> int:
+def _reasoning_tokens(state: ServerState, token_ids: list[int], job: Job | None = None) -> int:
+    if job is not None and not _prefilled(state, job) and state.tokenizer.think_token_id not in token_ids:
+        return 0  # the answer starts outside the thinking and never opens it
     return reasoning_token_count(token_ids, state.tokenizer.end_think_token_id, state.tokenizer.decode)
 
 
@@ -212,7 +214,7 @@ async def chat_full(state: ServerState, job: Job) -> ChatCompletion:
             logprobs = chat_logprobs(state.names, r.token_ids, r.logprobs, r.top_logprobs, job.top_logprobs)
         finish = "tool_calls" if calls and r.finish_reason != "length" else _finish(r.finish_reason)
         choices.append(ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=finish))
-        reasoning_tokens += _reasoning_tokens(state, r.token_ids)
+        reasoning_tokens += _reasoning_tokens(state, r.token_ids, job)
     usage = _usage(state, job, sum(len(r.token_ids) for r in results), reasoning_tokens)
     return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=state.model_name,
                           system_fingerprint=SYSTEM_FINGERPRINT, choices=choices, usage=usage)
@@ -378,7 +380,7 @@ async def chat_stream(state: ServerState, job: Job, include_usage: bool) -> Asyn
     except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
         yield sse(json.dumps((e if isinstance(e, APIError) else _engine_error(e)).body(), ensure_ascii=True))
     if include_usage:
-        usage = _usage(state, job, sum(map(len, token_ids)), sum(_reasoning_tokens(state, t) for t in token_ids))
+        usage = _usage(state, job, sum(map(len, token_ids)), sum(_reasoning_tokens(state, t, job) for t in token_ids))
         yield _dump(ChatCompletionChunk(**head, choices=[], usage=usage))
     yield sse("[DONE]")
 
