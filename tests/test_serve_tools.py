@@ -287,9 +287,10 @@ def r1lab_server(tokenizer):
         yield s
 
 
-@pytest.mark.parametrize("budget", [0, 4, None])
-def test_thinking_budget_closes_the_thinking(r1lab_server, budget):
-    extra = {} if budget is None else {"thinking_budget": budget}  # None: the server's --thinking-budget (7)
+@pytest.mark.parametrize("budget, field", [(0, "thinking_budget"), (4, "thinking_budget"), (2, "thinking_token_budget"),
+                                           (None, None)])
+def test_thinking_budget_closes_the_thinking(r1lab_server, budget, field):
+    extra = {} if budget is None else {field: budget}  # None: the server's --thinking-budget (7)
     r = client(r1lab_server).chat.completions.create(model="r1", messages=USER, max_tokens=20, temperature=1.0,
                                                      seed=3, extra_body=extra)
     # a random model never writes </think> by itself: the budget writes it after exactly that many tokens
@@ -321,3 +322,33 @@ def test_enable_thinking_reaches_qwen3s_template(family_server):
                                                                     enable_thinking=enable))
     assert len(tok.apply_chat_template(USER, add_generation_prompt=True, enable_thinking=False)) > \
         len(tok.apply_chat_template(USER, add_generation_prompt=True))
+
+
+# ---------------------------------------------------------------- the engine's constraint, step by step
+
+def test_constraint_phases_and_batch_mask(tokenizer):
+    from r1lab.engine.constraint import Grammars, batch_mask
+
+    V = tokenizer.vocab_size
+    g = Grammars(tokenizer, V)
+    grammar = g.compile('start: "yes" | "no"\n')
+    assert g.compile('start: "yes" | "no"\n') is grammar  # cached
+    think, end = tokenizer.think_token_id, tokenizer.end_think_token_id
+    budgeted = g.constraint(grammar, thinking=True, think_id=None, end_think_id=end, budget=2)
+    opening = g.constraint(grammar, thinking=False, think_id=think, end_think_id=end)
+    masks = batch_mask([budgeted, None, opening], V)
+    assert masks[0].all() and masks[1].all()  # thinking freely; unconstrained
+    first = {tokenizer.decode([t]) for t in masks[2].nonzero()[0].tolist()}
+    assert "<think>" in first and all(t == "<think>" or "yes".startswith(t) or "no".startswith(t) for t in first)
+    assert batch_mask([budgeted], V) is None  # nothing constrained this step
+    for t in tokenizer.encode("a")[:1] * 2:  # two tokens of thinking
+        budgeted.advance(t)
+    only = batch_mask([budgeted], V)[0]
+    assert only.nonzero()[0].tolist() == [end]  # the budget is spent: only </think>
+    budgeted.advance(end)
+    after = {tokenizer.decode([t]) for t in batch_mask([budgeted], V)[0].nonzero()[0].tolist()}
+    assert after and all("yes".startswith(t) or "no".startswith(t) for t in after)
+    for t in tokenizer.encode("yes"):
+        budgeted.advance(t)
+    assert batch_mask([budgeted], V)[0].nonzero()[0].tolist() == [tokenizer.eos_token_id]  # complete: only EOS
+    assert budgeted.failed is None

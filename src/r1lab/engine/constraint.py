@@ -43,6 +43,8 @@ class Grammars:
     vocab_size: int
     _ll: object = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+    CACHE = 64
 
     def ll_tokenizer(self):
         with self._lock:
@@ -66,27 +68,35 @@ class Grammars:
         return "%json " + json.dumps({**schema, "x-guidance": {**spacing, **schema.get("x-guidance", {})}})
 
     def compile(self, lark: str):
-        """An llguidance grammar for a Lark text (checked now, so a bad schema is the caller's 400)."""
+        """A matcher in its start state for a Lark text, which `constraint` copies per sequence (checked now, so a
+        bad schema is the caller's 400; the last CACHE texts are kept, so a client sending the same schema again
+        pays nothing)."""
+        with self._lock:
+            if lark in self._cache:
+                self._cache[lark] = self._cache.pop(lark)  # most recently used last
+                return self._cache[lark]
         llg = _llguidance()
-        grammar = llg.LLMatcher.grammar_from_lark(lark)
-        error = llg.LLMatcher.validate_grammar(grammar, self.ll_tokenizer())
-        if error and not error.startswith("WARNING"):
-            raise GrammarError(error)
-        return grammar
+        matcher = llg.LLMatcher(self.ll_tokenizer(), llg.LLMatcher.grammar_from_lark(lark), log_level=0)
+        if matcher.is_error():
+            raise GrammarError(matcher.get_error())
+        with self._lock:
+            self._cache[lark] = matcher
+            while len(self._cache) > self.CACHE:
+                self._cache.pop(next(iter(self._cache)))
+        return matcher
 
     def constraint(self, grammar, *, thinking: bool, think_id: int | None, end_think_id: int | None,
                    budget: int | None = None) -> "Constraint":
-        llg = _llguidance()
-        matcher = llg.LLMatcher(self.ll_tokenizer(), grammar, log_level=0)
-        if matcher.is_error():
-            raise GrammarError(matcher.get_error())
-        return Constraint(matcher, self.vocab_size, thinking=thinking, think_id=think_id, end_think_id=end_think_id,
-                          budget=budget)
+        """A fresh constraint for one sequence: a copy of the grammar's matcher in its start state (microseconds;
+        building a matcher from a grammar takes milliseconds)."""
+        return Constraint(grammar.deep_copy(), self.vocab_size, thinking=thinking, think_id=think_id,
+                          end_think_id=end_think_id, budget=budget)
 
 
 class Constraint:
-    """One request's constraint (see the module docstring). `allowed()` is the mask for the next token (a bool
-    tensor over the vocabulary, or None for no constraint); `advance(token)` moves on past the sampled token."""
+    """One request's constraint (see the module docstring). `mode()` says what the next token may be: None (any),
+    "close" (only "</think>": the budget is spent), "grammar" (what the grammar allows) or "opening" (that, or
+    "<think>"); `advance(token)` moves on past the sampled token."""
 
     def __init__(self, matcher, vocab_size: int, *, thinking: bool, think_id: int | None, end_think_id: int | None,
                  budget: int | None = None):
@@ -95,24 +105,11 @@ class Constraint:
         self.phase = "thinking" if thinking else ("opening" if think_id is not None else "grammar")
         self.thought = 0  # tokens of thinking so far
 
-    def _grammar_mask(self) -> torch.Tensor:
-        bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        return torch.from_numpy(bits[:self.vocab_size].astype(bool))
-
-    def _only(self, token: int) -> torch.Tensor:
-        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
-        mask[token] = True
-        return mask
-
-    def allowed(self) -> torch.Tensor | None:
+    def mode(self) -> str | None:
         if self.phase == "thinking":
-            if self.budget is not None and self.thought >= self.budget and self.end_think_id is not None:
-                return self._only(self.end_think_id)  # the budget is spent: close the thinking
-            return None
-        mask = self._grammar_mask()
-        if self.phase == "opening" and self.think_id is not None:
-            mask[self.think_id] = True
-        return mask
+            spent = self.budget is not None and self.thought >= self.budget and self.end_think_id is not None
+            return "close" if spent else None
+        return self.phase
 
     def advance(self, token: int) -> None:
         if self.phase == "thinking":
@@ -141,8 +138,8 @@ class ThinkingBudget(Constraint):
                          budget=budget)
         self.phase = "thinking" if thinking else ("opening" if think_id is not None else "free")
 
-    def allowed(self) -> torch.Tensor | None:
-        return super().allowed() if self.phase == "thinking" else None
+    def mode(self) -> str | None:
+        return super().mode() if self.phase == "thinking" else None
 
     def advance(self, token: int) -> None:
         if self.phase == "thinking":
@@ -157,19 +154,51 @@ class ThinkingBudget(Constraint):
         return None
 
 
+_EXECUTOR = None
+
+
+def _executor():
+    """llguidance's executor: computes the masks of a whole batch at once, in parallel, without the GIL."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = _llguidance().LLExecutor()
+    return _EXECUTOR
+
+
+def batch_mask(constraints: list[Constraint | None], vocab_size: int) -> np.ndarray | None:
+    """The allowed tokens (B, V) bool of a batch, or None when no row is constrained this step. One bitmask
+    (B, V/32) for the batch: the grammar rows filled by llguidance in one call (in parallel, without the GIL, so
+    the engine computes it on another thread while the model runs its forward pass), then unpacked at once."""
+    rows = [(i, c, c.mode()) for i, c in enumerate(constraints) if c is not None]
+    rows = [(i, c, m) for i, c, m in rows if m is not None]
+    if not rows:
+        return None
+    B, V = len(constraints), vocab_size
+    words = (rows[0][1].vocab_size + 31) // 32
+    bits = np.full((B, words), -1, dtype=np.int32)  # all ones: free
+    grammar = [(c.matcher, i) for i, c, m in rows if m in ("grammar", "opening")]
+    if grammar:
+        _executor().unsafe_compute_mask_ptr(grammar, bits.ctypes.data, words * 4, B)
+    flat = bits.view(np.uint32)
+    for i, c, m in rows:
+        if m == "close":
+            flat[i] = 0
+        if m in ("close", "opening"):
+            token = c.end_think_id if m == "close" else c.think_id
+            flat[i, token // 32] |= np.uint32(1 << (token % 32))
+    allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little").astype(bool)
+    allowed = allowed[:, :V] if allowed.shape[1] >= V else np.pad(allowed, ((0, 0), (0, V - allowed.shape[1])))
+    allowed[~allowed.any(1)] = True  # a grammar in error allows nothing: leave that row free rather than NaN
+    return allowed
+
+
+def mask_logits(logits: torch.Tensor, allowed: np.ndarray | None) -> torch.Tensor:
+    """logits (B, V) with the disallowed tokens at -inf (a copy), or logits itself when allowed is None."""
+    if allowed is None:
+        return logits
+    return logits.masked_fill(~torch.from_numpy(allowed).to(logits.device), float("-inf"))
+
+
 def apply_masks(logits: torch.Tensor, constraints: list[Constraint | None]) -> torch.Tensor:
-    """logits (B, V) with each constrained row's disallowed tokens at -inf (a copy when any row is masked)."""
-    masked = None
-    for i, c in enumerate(constraints):
-        if c is None:
-            continue
-        allowed = c.allowed()
-        if allowed is None or not bool(allowed.any()):  # free, or a grammar in error: left unmasked, never NaN
-            continue
-        if masked is None:
-            masked = logits.clone()
-        row = masked[i]
-        n = min(row.shape[0], allowed.shape[0])
-        row[:n].masked_fill_(~allowed[:n].to(row.device), float("-inf"))
-        row[n:] = float("-inf")
-    return logits if masked is None else masked
+    """logits (B, V) with each constrained row's disallowed tokens at -inf."""
+    return mask_logits(logits, batch_mask(constraints, logits.shape[-1]))

@@ -17,12 +17,13 @@ import queue
 import random
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable
 
 import torch
 
 from ..model import Transformer
-from .constraint import apply_masks
+from .constraint import apply_masks, batch_mask, mask_logits
 from .detok import Detokenizer
 from .gqa import eos_ids, runner_and_cache
 from .progress import progress_bar
@@ -77,6 +78,7 @@ class Engine:
         self._running: list[Request] = []  # index = cache slot
         self._reserved = 0  # cache tokens promised to running requests
         self._sampler: Sampler | None = None  # for the current running set
+        self._mask_pool: ThreadPoolExecutor | None = None  # computes constrained rows' masks during the forward
         self._steps = self._generated = 0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -182,6 +184,9 @@ class Engine:
         with self._lock:
             for r in self._take_queued() + list(self._running):
                 self._cancel_now(r)
+        if self._mask_pool is not None:
+            self._mask_pool.shutdown(wait=False)
+            self._mask_pool = None
 
     def stats(self) -> dict:
         return {
@@ -367,16 +372,25 @@ class Engine:
         self.cache.ensure(len(running), kv_len)
         ids = torch.tensor([[r.output[-1]] for r in running], device=self.device)
         start = torch.tensor(positions, device=self.device)
+        # constrained rows: their token masks are computed on another thread while the model runs this step
+        constraints = [r.params.constraint for r in running]
+        masks = None
+        if any(c is not None for c in constraints):
+            if self._mask_pool is None:
+                self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix="r1lab-masks")
+            masks = self._mask_pool.submit(batch_mask, constraints, self.model.config.vocab_size)
         logits = self.runner.forward(ids, start, 0, None, self.cache, kv_len)
         for r in running:
             r.cached += 1
-        self._process(running, self._sampler, logits)
+        self._process(running, self._sampler, logits, masks.result() if masks is not None else None)
 
-    def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor) -> None:
-        """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""
-        constraints = [r.params.constraint for r in requests]
-        if any(c is not None for c in constraints):
-            logits = apply_masks(logits, constraints)
+    def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor, masks=None) -> None:
+        """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished.
+        masks: the constrained rows' allowed tokens, when computed already (decode); else computed here."""
+        if masks is not None:
+            logits = mask_logits(logits, masks)
+        elif any(r.params.constraint is not None for r in requests):
+            logits = apply_masks(logits, [r.params.constraint for r in requests])
         tokens, logprobs = sampler(logits)
         top = top_logprobs(logits, sampler.top_logprobs) if sampler.top_logprobs else None
         token_list, logprob_list = tokens.tolist(), logprobs.tolist() if logprobs is not None else None

@@ -94,7 +94,7 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
         _check_model(state, body)
         messages = chat_messages(body)
         _check_chars(state, sum(len(m.get("content") or "") for m in messages), max_chars, "messages")
-        plan = plan_chat(state, body, messages)
+        plan = await run_in_threadpool(plan_chat, state, body, messages)  # compiling a new schema takes a while
         # tokenizing a long prompt takes a while: in a worker thread, so the event loop keeps serving others
         prompt = await run_in_threadpool(_encode, lambda: render_prompt(state.tokenizer, messages, plan))
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens

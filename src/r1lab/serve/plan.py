@@ -109,7 +109,8 @@ def plan_chat(state, body, messages: list[dict]) -> ChatPlan:
     except GrammarError as e:
         raise APIError(400, f"cannot compile the {'tools' if forced else 'response_format'} schema: {e}",
                        param="tools" if forced else "response_format", code="invalid_schema") from e
-    budget = body.thinking_budget if body.thinking_budget is not None else getattr(state, "thinking_budget", None)
+    budget = next((b for b in (body.thinking_budget, body.thinking_token_budget, getattr(state, "thinking_budget", None))
+                   if b is not None), None)
     plan.constraint = _constraint_factory(state, plan, grammar, budget)
     return plan
 
