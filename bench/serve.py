@@ -16,7 +16,11 @@ on cpu-tiny).
 With --structured, every level runs twice on the same server, alternating: streaming /v1/chat/completions
 calls with the thinking closed at once (thinking_budget 0), plain and with a json_schema response_format
 (constrained decoding: a grammar mask per stream per step); `structured_ratio_C` in the JSON is the
-constrained tok/s over the plain one at C clients.
+constrained tok/s over the plain one at C clients. Through HTTP the ratio also weighs the answers' text: a
+random model's free text is full of bytes that complete no character, so it streams fewer chunks than its
+constrained (valid UTF-8) JSON, and on a small CPU model the server is bound by its HTTP side. So the decode
+cost alone is measured too, on the engine without HTTP (`structured_engine_ratio_C`: the same requests,
+--max-clients streams at once, constrained against plain, alternating, best of --repeats + 1).
 
 With --vllm PYTHON (an interpreter whose environment has vLLM, e.g. the .venv-interop that
 scripts/interop.sh makes), the model is the cpu-vllm preset instead (MLA widths vLLM's kernels take), saved
@@ -184,6 +188,32 @@ def peer_run(python: str, folder, args) -> tuple[dict[int, dict], dict[str, dict
     return vllm, ours
 
 
+def engine_ratio(model, tokenizer, args, streams: int) -> tuple[float, float]:
+    """(plain, constrained) decode tok/s of `streams` sequences on the engine itself: the thinking closed at once
+    (a budget of 0), then --max-tokens tokens free or constrained to SCHEMA, greedy, ignoring EOS."""
+    from r1lab.engine import Engine, SamplingParams
+    from r1lab.engine.constraint import Grammars, ThinkingBudget
+
+    engine = Engine(model, tokenizer, max_running=streams)
+    vocab = model.config.vocab_size
+    grammars = Grammars(tokenizer, vocab)
+    grammar = grammars.compile(f"start: {grammars.json_schema(SCHEMA)}\n")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"Question {i}: what is {i} + 1?"}],
+                                             add_generation_prompt=True) for i in range(streams)]
+    end = tokenizer.end_think_token_id
+    best = {False: 0.0, True: 0.0}
+    for _ in range(args.repeats + 1):
+        for constrained in (False, True):
+            params = [SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True, constraint=(
+                grammars.constraint(grammar, thinking=True, think_id=None, end_think_id=end, budget=0) if constrained
+                else ThinkingBudget(vocab, thinking=True, think_id=None, end_think_id=end, budget=0))) for _ in prompts]
+            started = time.perf_counter()
+            outs = engine.generate(prompts, params)
+            tok_s = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - started)
+            best[constrained] = max(best[constrained], tok_s)
+    return best[False], best[True]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -242,6 +272,13 @@ def main() -> None:
     if 1 in by_clients and 32 in by_clients:
         summary["scaling_1_to_32"] = round(by_clients[32] / by_clients[1], 2)
     if not args.vllm and structured:
+        streams = max(args.clients)
+        plain, constrained = engine_ratio(model, tokenizer, args, streams)
+        print(f"engine alone, {streams} streams: plain {plain:.1f} tok/s, json {constrained:.1f} tok/s, "
+              f"ratio {constrained / plain:.3f}")
+        summary[f"engine_plain_tok_s_{streams}"] = round(plain, 1)
+        summary[f"engine_json_tok_s_{streams}"] = round(constrained, 1)
+        summary[f"structured_engine_ratio_{streams}"] = round(constrained / plain, 3)
         summary["mode"] = "chat"
         print(f"{'clients':>8} {'plain tok/s':>12} {'json tok/s':>11} {'ratio':>6}   (json_schema constrained)")
         for c in args.clients:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Literal
 
 import httpx
 import openai
@@ -352,3 +353,28 @@ def test_constraint_phases_and_batch_mask(tokenizer):
         budgeted.advance(t)
     assert batch_mask([budgeted], V)[0].nonzero()[0].tolist() == [tokenizer.eos_token_id]  # complete: only EOS
     assert budgeted.failed is None
+
+
+# ---------------------------------------------------------------- an agent framework nobody here wrote
+
+def test_openai_agents_sdk_drives_a_tool_call(qwen2_server):
+    agents = pytest.importorskip("agents")
+    import asyncio
+
+    agents.set_tracing_disabled(True)
+    seen = []
+
+    @agents.function_tool
+    def get_weather(unit: Literal["C", "F"]) -> str:
+        """The weather in Paris."""
+        seen.append(unit)
+        return f"21 degrees {unit}"
+
+    model = agents.OpenAIChatCompletionsModel(
+        model="qwen2", openai_client=openai.AsyncOpenAI(base_url=qwen2_server.url + "/v1", api_key="none", max_retries=0))
+    agent = agents.Agent(name="weather", instructions="Answer with the tool.", model=model, tools=[get_weather],
+                         model_settings=agents.ModelSettings(tool_choice="required", max_tokens=60, temperature=1.0),
+                         tool_use_behavior="stop_on_first_tool")
+    result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?"))
+    assert seen and seen[0] in ("C", "F")  # the SDK parsed our tool call, validated it and ran the function
+    assert result.final_output == f"21 degrees {seen[0]}"
