@@ -94,3 +94,27 @@ def test_r1_system_prompt_only_where_the_recipe_asks(pair):
     assert (R1_SYSTEM_PROMPT in recipe) == (family in ("qwen2_5", "llama3_1", "llama3_2"))
     system = [{"role": "system", "content": "Be brief."}, *chat]
     assert recipe_messages(ours, system) == system
+
+
+@pytest.mark.parametrize("family, style, seed", [("qwen2", "qwen2_5", 1), ("qwen3", "qwen3", 0), ("llama", "llama3_2", 0)])
+def test_generate_chat_prints_transformers_greedy_text(tmp_path, capsys, family, style, seed):
+    """`r1lab generate --chat --temperature 0` on a folder with the real template prints what transformers'
+    greedy generate writes for the same chat (the same prompt: no system prompt of r1lab's own)."""
+    import torch
+
+    from hf_tiny import make_model
+    from r1lab.cli import main
+
+    model = make_model(tmp_path, family, style, seed=seed)  # a seed whose greedy answer does not end at once
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    chat = [{"role": "user", "content": "What is 2 + 3?"}]
+    ids = torch.tensor([theirs.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                             eos_token_id=model.generation_config.eos_token_id, pad_token_id=0)
+    expected = theirs.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=False)
+    for eos in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"):
+        expected = expected.split(eos)[0]  # the engine stops at the EOS and does not print it
+    assert main(["generate", str(tmp_path), "What is 2 + 3?", "--chat", "--temperature", "0", "--max-tokens", "12",
+                 "--dtype", "float32"]) == 0
+    assert expected and capsys.readouterr().out == expected + "\n"
