@@ -118,3 +118,31 @@ def test_generate_chat_prints_transformers_greedy_text(tmp_path, capsys, family,
     assert main(["generate", str(tmp_path), "What is 2 + 3?", "--chat", "--temperature", "0", "--max-tokens", "12",
                  "--dtype", "float32"]) == 0
     assert expected and capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize("style", [None, "qwen2_5", "llama3_2", "deepseekv3"])
+def test_sft_row_with_tool_calls_trains_the_call_in_the_family_format(tmp_path, tokenizer, style):
+    """An SFT row whose answer calls a tool trains the model to write the call as its template writes calls (what the
+    server's parser reads back); the tools and the tool results are in the prompt, which has no loss."""
+    from r1lab.serve.tools import parse_calls, tool_format
+    from r1lab.train.data import chat_example
+
+    if style is not None:
+        make_tokenizer(tmp_path, style)
+        tokenizer = load_tokenizer(tmp_path)
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(ARGS)}}
+    row = {"tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "SUNNY-PARIS"},
+        {"role": "assistant", "content": "", "reasoning_content": "Now Rome.",
+         "tool_calls": [dict(call, id="c2", function={"name": "get_weather", "arguments": {"city": "Rome"}})]}]}
+    example = chat_example(row, tokenizer)
+    prompt, completion = tokenizer.decode(example.prompt), tokenizer.decode(example.completion)
+    assert "SUNNY-PARIS" in prompt and "SUNNY-PARIS" not in completion  # the tool result carries no loss
+    assert ("The weather in a city." in prompt) == (style != "deepseekv3")  # DeepSeek-V3's template shows no tools
+    answer = completion.split("</think>")[-1].replace(tokenizer.eos_token, "").strip()
+    assert example.completion[-1] == tokenizer.eos_token_id
+    assert "Now Rome." in completion  # the answer's own thinking is trained
+    content, calls = parse_calls(tool_format(tokenizer), answer, {"get_weather"})
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Rome"})]

@@ -143,6 +143,29 @@ def call_start(fmt: str) -> str:
     return {"hermes": "<tool_call>", "llama3_json": "{", "deepseek_v3": DS_CALLS}[fmt]
 
 
+def render_calls(fmt: str, calls: list[dict], own_template: bool = False) -> str:
+    """OpenAI-shaped calls ({"function": {"name", "arguments"}}) as the model writes them in `fmt` (what the
+    parsers read back, and what SFT trains an assistant turn with tool calls to write)."""
+    out = []
+    for c in calls:
+        fn = c.get("function") or c
+        args = fn["arguments"] if isinstance(fn["arguments"], str) else json.dumps(fn["arguments"], ensure_ascii=False)
+        name = json.dumps(fn["name"], ensure_ascii=False)
+        if fmt == "llama3_json":
+            out.append(f'{{"name": {name}, "parameters": {args}}}')
+        elif fmt == "deepseek_v3":
+            out.append(f"{DS_CALL}function{DS_SEP}{fn['name']}\n```json\n{args}\n```{DS_CALL_END}")
+        elif own_template:
+            out.append(f'<tool_call>{{"name": {name}, "arguments": {args}}}</tool_call>')
+        else:
+            out.append(f'\n<tool_call>\n{{"name": {name}, "arguments": {args}}}\n</tool_call>')
+    if fmt == "llama3_json":
+        return "; ".join(out)
+    if fmt == "deepseek_v3":
+        return DS_CALLS + "\n".join(out) + DS_CALLS_END
+    return "".join(out)
+
+
 # ---------------------------------------------------------------- forcing a call (constrained decoding)
 
 def call_schema(tools: list[dict], key: str = "arguments") -> dict:
