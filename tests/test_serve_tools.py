@@ -378,3 +378,36 @@ def test_openai_agents_sdk_drives_a_tool_call(qwen2_server):
     result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?"))
     assert seen and seen[0] in ("C", "F")  # the SDK parsed our tool call, validated it and ran the function
     assert result.final_output == f"21 degrees {seen[0]}"
+
+
+# ---------------------------------------------------------------- r1lab chat --tools FILE.py
+
+def test_chat_runs_the_tools_of_a_python_file(tmp_path, tokenizer):
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from r1lab.engine import Engine
+    from r1lab.serve.chat import add_chat_arguments, chat_loop, load_tools, tool_schemas
+
+    (tmp_path / "tools.py").write_text(
+        "from typing import Literal\n\n\n"
+        "def get_weather(unit: Literal['C', 'F']) -> str:\n"
+        '    """The weather in Paris.\n\n    Args:\n        unit: C or F\n    """\n'
+        "    return f'21 degrees {unit}'\n\n\n"
+        "def _helper():\n    pass\n")
+    tools = load_tools(tmp_path / "tools.py")
+    assert list(tools) == ["get_weather"]
+    assert tool_schemas(tools)[0]["function"]["parameters"]["properties"]["unit"]["enum"] == ["C", "F"]
+    p = argparse.ArgumentParser()
+    add_chat_arguments(p)
+    args = p.parse_args(["unused", "--tools", str(tmp_path / "tools.py"), "--tool-choice", "required",
+                         "--thinking-budget", "2", "--max-tokens", "150", "--seed", "0", "--temperature", "1"])
+    torch.manual_seed(0)
+    engine = Engine(Transformer(tiny_config(tokenizer.vocab_size)).eval(), tokenizer, max_running=1, max_model_len=1024)
+    buf = io.StringIO()
+    assert chat_loop(engine, tokenizer, args, io.StringIO("Weather?\n"), Console(file=buf, highlight=False)) == 0
+    out = buf.getvalue()
+    # the forced first reply called the tool; chat ran it and showed the call with its result
+    assert "→ get_weather({\"unit\": \"C\"}) = 21 degrees C" in out or "→ get_weather({\"unit\": \"F\"}) = 21 degrees F" in out

@@ -168,10 +168,17 @@ def render_calls(fmt: str, calls: list[dict], own_template: bool = False) -> str
 
 # ---------------------------------------------------------------- forcing a call (constrained decoding)
 
+def _parameters(tool: dict) -> dict:
+    """A tool's parameters schema for a forced call: no arguments the function does not declare, unless the schema
+    says otherwise (a function cannot take them; and a weak model could invent keys without end)."""
+    params = dict(tool["function"].get("parameters") or {"type": "object"})
+    params.setdefault("additionalProperties", False)
+    return params
+
+
 def call_schema(tools: list[dict], key: str = "arguments") -> dict:
     """A JSON schema for one call object {"name": N, key: ARGS} of any of `tools`."""
-    options = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
-                                                 key: t["function"].get("parameters") or {"type": "object"}},
+    options = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]}, key: _parameters(t)},
                 "required": ["name", key], "additionalProperties": False} for t in tools]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
@@ -185,7 +192,7 @@ def call_grammar(fmt: str, tools: list[dict], parallel: bool, grammars, own_temp
         bodies = []
         for t in tools:
             name = t["function"]["name"]
-            args = grammars.json_schema(t["function"].get("parameters") or {"type": "object"})
+            args = grammars.json_schema(_parameters(t))
             bodies.append(f'{grammars.token(DS_CALL)} "function" {grammars.token(DS_SEP)} {json.dumps(name)} '
                           f'"\\n```json\\n" {args} "\\n```" {grammars.token(DS_CALL_END)}')
         repeat = f'("\\n" call){{0,{MAX_PARALLEL - 1}}}' if parallel else ""
