@@ -146,3 +146,18 @@ def test_sft_row_with_tool_calls_trains_the_call_in_the_family_format(tmp_path, 
     assert "Now Rome." in completion  # the answer's own thinking is trained
     content, calls = parse_calls(tool_format(tokenizer), answer, {"get_weather"})
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Rome"})]
+
+
+def test_another_template_for_a_checkpoint_whose_own_shows_no_tools(tmp_path):
+    """serve --chat-template: DeepSeek-V3's own template ignores `tools`; a template that renders them takes over."""
+    make_tokenizer(tmp_path, "deepseekv3")
+    ours = load_tokenizer(tmp_path)
+    chat = [{"role": "user", "content": "Weather?"}]
+    assert "get_weather" not in ours.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, tools=TOOLS)
+    template = ("{{ bos_token }}{% if tools %}{{ 'Tools: ' + (tools | tojson) }}{% endif %}"
+                "{% for m in messages %}{{ '<｜User｜>' + m['content'] }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}")
+    other = ours.with_template(template)
+    text = other.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, tools=TOOLS)
+    assert text.startswith('<｜begin▁of▁sentence｜>Tools: [{"type": "function"') and "get_weather" in text
+    assert other.response_prefix == "<think>\n" and ours.chat_template != other.chat_template

@@ -14,6 +14,7 @@ recipes ask for it through `recipe_messages`.
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from datetime import datetime
@@ -112,6 +113,15 @@ class ChatTokenizer(BackendText):
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces"))
         self.system_prompt = None if THINK in (template or "") or END_THINK in (template or "") else R1_SYSTEM_PROMPT
         self.response_prefix = self._response_prefix() if template else ""
+
+    def with_template(self, template: str) -> "ChatTokenizer":
+        """This tokenizer with another chat template (serve --chat-template: e.g. a template that shows the model
+        its tools where the checkpoint's own does not)."""
+        other = copy.copy(self)
+        other.chat_template, other._template = template, compile_template(template)
+        other.system_prompt = None if THINK in template or END_THINK in template else R1_SYSTEM_PROMPT
+        other.response_prefix = other._response_prefix()
+        return other
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)

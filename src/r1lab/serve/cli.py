@@ -31,6 +31,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-waiting", type=int, default=128, help="sequences queued beyond the batch before 429")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--model-name", default=None, help="model id in the API (default: the checkpoint folder's name)")
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja",
+                   help="use this Jinja chat template instead of the checkpoint's (e.g. one that renders tools)")
     p.add_argument("--thinking-budget", type=int, default=None,
                    help="close every answer's thinking after this many tokens (a request's thinking_budget overrides it)")
     add_dtype_argument(p)
@@ -53,6 +55,11 @@ def run_serve(args) -> int:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer.json; the server needs the tokenizer next to the "
                               "weights (copy it in, e.g. from the run's tokenizer folder)")
     model, tokenizer = load_for_serving(args.checkpoint, args.dtype)
+    if args.chat_template:
+        if not hasattr(tokenizer, "with_template"):
+            raise CheckpointError("--chat-template needs a checkpoint with a Hugging Face tokenizer; r1lab's own "
+                                  "tokenizer has its template (with tools) built in")
+        tokenizer = tokenizer.with_template(Path(args.chat_template).read_text())
     if next(model.parameters()).device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
     name = args.model_name or Path(args.checkpoint).resolve().name
