@@ -411,3 +411,19 @@ def test_chat_runs_the_tools_of_a_python_file(tmp_path, tokenizer):
     out = buf.getvalue()
     # the forced first reply called the tool; chat ran it and showed the call with its result
     assert "→ get_weather({\"unit\": \"C\"}) = 21 degrees C" in out or "→ get_weather({\"unit\": \"F\"}) = 21 degrees F" in out
+
+
+def test_without_the_grammar_engine_a_constrained_request_is_a_clear_400(qwen2_server, monkeypatch):
+    import sys
+
+    from r1lab.engine.constraint import Grammars, GrammarError
+
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # as if `pip install r1lab` without the extra
+    with pytest.raises(GrammarError, match="pip install"):
+        Grammars(qwen2_server.tokenizer, 320).compile('start: "x"\n')
+    r = httpx.post(qwen2_server.url + "/v1/chat/completions", json={
+        "messages": USER, "max_tokens": 4,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}})
+    assert r.status_code == 400 and "pip install" in r.json()["error"]["message"]
+    r = httpx.post(qwen2_server.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
+    assert r.status_code == 200  # everything else works without it
