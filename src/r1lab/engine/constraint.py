@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,6 +156,7 @@ class ThinkingBudget(Constraint):
 
 
 _EXECUTOR = None
+_MASK_THREAD = ThreadPoolExecutor(1, thread_name_prefix="r1lab-masks")  # idle unless a request is constrained
 
 
 def _executor():
@@ -190,6 +192,16 @@ def batch_mask(constraints: list[Constraint | None], vocab_size: int) -> np.ndar
     allowed = allowed[:, :V] if allowed.shape[1] >= V else np.pad(allowed, ((0, 0), (0, V - allowed.shape[1])))
     allowed[~allowed.any(1)] = True  # a grammar in error allows nothing: leave that row free rather than NaN
     return allowed
+
+
+def submit_masks(constraints: list[Constraint | None], vocab_size: int, device: torch.device) -> Future | None:
+    """batch_mask on a helper thread, for a model on an accelerator (the engine starts it before the step's
+    forward pass and the sampler waits for it after); None when no row is masked this step, or on CPU, where a
+    small model's forward holds the GIL for most of the step and the sampler computing the masks itself was
+    faster (cpu-tiny, 32 streams: 0.87-0.89 of plain decode against 0.84-0.85 with the thread)."""
+    if torch.device(device).type == "cpu" or not any(c is not None and c.mode() is not None for c in constraints):
+        return None
+    return _MASK_THREAD.submit(batch_mask, constraints, vocab_size)
 
 
 def mask_logits(logits: torch.Tensor, allowed: np.ndarray | None) -> torch.Tensor:

@@ -17,13 +17,12 @@ import queue
 import random
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable
 
 import torch
 
 from ..model import Transformer
-from .constraint import apply_masks, batch_mask, mask_logits
+from .constraint import submit_masks
 from .detok import Detokenizer
 from .gqa import eos_ids, runner_and_cache
 from .progress import progress_bar
@@ -34,22 +33,20 @@ from .scoring import PromptScorer, top_logprobs
 __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", "RequestHandle", "StreamEvent"]
 
 
-# most attention-score elements one prefill forward may hold (B x tokens x heads x L); longer prompts
-# are prefilled in chunks. 2**25 float32 scores = 128 MiB.
-PREFILL_SCORE_BUDGET = 1 << 25
+# most attention-score elements one prefill forward may hold (B x tokens x heads x L); longer prompts are prefilled in chunks
+PREFILL_SCORE_BUDGET = 1 << 25  # 2**25 float32 scores = 128 MiB
 
 
 class Engine:
     """Generation for a live r1lab Transformer (see the module docstring for the scheduling policy).
 
-    max_running: sequences decoded together (cache slots). max_cached_tokens: cap on the KV-cache tokens
-    reserved by running requests (None = max_running x max_model_len). max_model_len: prompt + output
-    limit (default: the model's max_position_embeddings). device: moves the model there (default: where
-    it is); do not move the model afterwards. max_waiting: bound of submit()'s queue (QueueFull beyond).
-    max_prefill_tokens: prompt tokens admitted in one prefill step.
+    max_running: sequences decoded together (cache slots). max_cached_tokens: cap on the KV-cache tokens reserved by
+    running requests (None = max_running x max_model_len). max_model_len: prompt + output limit (default: the model's
+    max_position_embeddings). device: moves the model there (default: where it is); do not move the model afterwards.
+    max_waiting: bound of submit()'s queue (QueueFull beyond). max_prefill_tokens: prompt tokens admitted in one prefill.
 
-    The engine reads the model's parameters live and never changes them or its train/eval mode, so a
-    trainer can generate, step its optimizer and generate again with the new weights.
+    The engine reads the model's parameters live and never changes them or its train/eval mode, so a trainer can
+    generate, step its optimizer and generate again with the new weights.
     """
 
     def __init__(self, model: Transformer, tokenizer, *, max_running: int = 64, max_cached_tokens: int | None = None,
@@ -78,7 +75,6 @@ class Engine:
         self._running: list[Request] = []  # index = cache slot
         self._reserved = 0  # cache tokens promised to running requests
         self._sampler: Sampler | None = None  # for the current running set
-        self._mask_pool: ThreadPoolExecutor | None = None  # computes constrained rows' masks during the forward
         self._steps = self._generated = 0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -184,9 +180,6 @@ class Engine:
         with self._lock:
             for r in self._take_queued() + list(self._running):
                 self._cancel_now(r)
-        if self._mask_pool is not None:
-            self._mask_pool.shutdown(wait=False)
-            self._mask_pool = None
 
     def stats(self) -> dict:
         return {
@@ -372,26 +365,15 @@ class Engine:
         self.cache.ensure(len(running), kv_len)
         ids = torch.tensor([[r.output[-1]] for r in running], device=self.device)
         start = torch.tensor(positions, device=self.device)
-        # constrained rows: their token masks are computed on another thread while the model runs this step
-        constraints = [r.params.constraint for r in running]
-        masks = None
-        if any(c is not None for c in constraints):
-            if self._mask_pool is None:
-                self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix="r1lab-masks")
-            masks = self._mask_pool.submit(batch_mask, constraints, self.model.config.vocab_size)
+        masks = submit_masks(self._sampler.constraints, self.model.config.vocab_size, self.device)  # during the forward
         logits = self.runner.forward(ids, start, 0, None, self.cache, kv_len)
         for r in running:
             r.cached += 1
-        self._process(running, self._sampler, logits, masks.result() if masks is not None else None)
+        self._process(running, self._sampler, logits, masks)
 
     def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor, masks=None) -> None:
-        """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished.
-        masks: the constrained rows' allowed tokens, when computed already (decode); else computed here."""
-        if masks is not None:
-            logits = mask_logits(logits, masks)
-        elif any(r.params.constraint is not None for r in requests):
-            logits = apply_masks(logits, [r.params.constraint for r in requests])
-        tokens, logprobs = sampler(logits)
+        """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""
+        tokens, logprobs = sampler(logits, masks)
         top = top_logprobs(logits, sampler.top_logprobs) if sampler.top_logprobs else None
         token_list, logprob_list = tokens.tolist(), logprobs.tolist() if logprobs is not None else None
         finished = []
@@ -410,8 +392,6 @@ class Engine:
         if r.params.max_tokens == 0:  # scoring only (prompt_logprobs): the sampled token is dropped
             return r.finish("length")
         r.output.append(t)
-        if r.params.constraint is not None:
-            r.params.constraint.advance(t)
         if r.logprobs is not None:
             r.logprobs.append(logprob)
         if r.top_logprobs is not None:

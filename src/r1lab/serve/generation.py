@@ -24,7 +24,7 @@ from .logprobs import TextLogprobBuilder, TokenText, chat_logprobs, prompt_logpr
 from .metrics import Metrics
 from .protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatChunkChoice, ChatDelta,
                        CompletionTokensDetails, TextChoice, TextCompletion, TextLogprobs, Usage, new_id, now)
-from .reasoning import ReasoningSplitter, _partial_tag_len, reasoning_token_count
+from .reasoning import ReasoningSplitter, partial_tag_len, reasoning_token_count
 from .tools import call_start, parse_calls
 
 log = logging.getLogger("r1lab.serve")
@@ -316,7 +316,7 @@ class CallHold:
             self.held, self.holding = buf[at:], True
             out = buf[:at]
         else:
-            keep = _partial_tag_len(buf, self.start)
+            keep = partial_tag_len(buf, self.start)
             out, self.held = buf[:len(buf) - keep], buf[len(buf) - keep:]
         self.sent += out
         return out

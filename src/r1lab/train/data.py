@@ -233,8 +233,8 @@ def chat_example(row: dict, tokenizer, max_chars: int | None = None) -> Example:
                     for m in messages]
     # prompt and completion are tokenized apart, exactly as the engine sees them when it generates
     # a row's tools go to the template; tool results are in the prompt, so they carry no loss
-    prompt = tokenizer.apply_chat_template(recipe_messages(tokenizer, messages), add_generation_prompt=True,
-                                           tools=row.get("tools") or None)
+    tools = {"tools": row["tools"]} if row.get("tools") else {}
+    prompt = tokenizer.apply_chat_template(recipe_messages(tokenizer, messages), add_generation_prompt=True, **tools)
     completion = completion_text(response, response_prefix_of(tokenizer))
     return Example(prompt, tokenizer.encode(completion) + [tokenizer.eos_token_id])
 
