@@ -11,6 +11,16 @@ on cpu-tiny).
     python bench/serve.py                    # about 1-2 minutes on 2 cores
     python bench/serve.py --clients 1 4 16 --max-tokens 32
     python bench/serve.py --vllm .venv-interop/bin/python   # + vLLM's server as the peer (several minutes)
+    python bench/serve.py --structured       # the cost of constrained decoding (needs llguidance)
+
+With --structured, every level runs twice on the same server, alternating: streaming /v1/chat/completions
+calls with the thinking closed at once (thinking_budget 0), plain and with a json_schema response_format
+(constrained decoding: a grammar mask per stream per step); `structured_ratio_C` in the JSON is the
+constrained tok/s over the plain one at C clients. Through HTTP the ratio also weighs the answers' text: a
+random model's free text is full of bytes that complete no character, so it streams fewer chunks than its
+constrained (valid UTF-8) JSON, and on a small CPU model the server is bound by its HTTP side. So the decode
+cost alone is measured too, on the engine without HTTP (`structured_engine_ratio_C`: the same requests,
+--max-clients streams at once, constrained against plain, alternating, best of --repeats + 1).
 
 With --vllm PYTHON (an interpreter whose environment has vLLM, e.g. the .venv-interop that
 scripts/interop.sh makes), the model is the cpu-vllm preset instead (MLA widths vLLM's kernels take), saved
@@ -37,12 +47,25 @@ CORPUS = ["What is 4821 + 1379? <think>\n1+9=10, write 0 carry 1\n</think>\nThe 
           "The quick brown fox jumps over the lazy dog."] * 50
 
 
-async def one_request(http: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> tuple[int, float]:
-    """(completion tokens, time to first token) of one streaming request."""
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+# an object whose string never has to end: the grammar stays engaged for every one of --max-tokens tokens
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+async def one_request(http: httpx.AsyncClient, url: str, prompt: str, max_tokens: int,
+                      mode: str = "text") -> tuple[int, float]:
+    """(completion tokens, time to first token) of one streaming request. mode: text (/v1/completions), chat or
+    json (/v1/chat/completions, the thinking closed at once; json: constrained to SCHEMA)."""
+    body = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
+    if mode == "text":
+        body["prompt"] = prompt
+    else:
+        body.update(messages=[{"role": "user", "content": prompt}], thinking_budget=0)
+        if mode == "json":
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
     started, ttft, tokens = time.perf_counter(), None, 0
-    async with http.stream("POST", url + "/v1/completions", json=body) as r:
+    path = "/v1/completions" if mode == "text" else "/v1/chat/completions"
+    async with http.stream("POST", url + path, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -55,9 +78,10 @@ async def one_request(http: httpx.AsyncClient, url: str, prompt: str, max_tokens
     return tokens, ttft or 0.0
 
 
-async def load(url: str, clients: int, rounds: int, max_tokens: int) -> dict:
+async def load(url: str, clients: int, rounds: int, max_tokens: int, mode: str = "text") -> dict:
     async def client(i: int) -> list[tuple[int, float]]:
-        return [await one_request(http, url, f"Question {i}.{k}: what is {i} + {k}?", max_tokens) for k in range(rounds)]
+        return [await one_request(http, url, f"Question {i}.{k}: what is {i} + {k}?", max_tokens, mode)
+                for k in range(rounds)]
 
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
@@ -71,18 +95,24 @@ async def load(url: str, clients: int, rounds: int, max_tokens: int) -> dict:
             "ttft_ms": 1000 * statistics.median(t for _, t in done)}
 
 
-def best_of(url: str, args, best: dict[int, dict]) -> None:
-    """Run every client level --repeats times against the server at `url`, keeping each level's best run."""
-    asyncio.run(load(url, 2, 1, 8))  # warm-up: first forward passes, connections
+def best_of(url: str, args, best: dict[int, dict], structured: dict[int, dict] | None = None) -> None:
+    """Run every client level --repeats times against the server at `url`, keeping each level's best run;
+    with `structured`, the level runs as plain chat (into `best`) and constrained (into `structured`)."""
+    modes = [("chat", best), ("json", structured)] if structured is not None else [("text", best)]
+    for mode, _ in modes:
+        asyncio.run(load(url, 2, 1, 8, mode))  # warm-up: first forward passes, connections, the grammar tokenizer
     for _ in range(args.repeats):
         for clients in args.clients:
-            row = asyncio.run(load(url, clients, args.rounds, args.max_tokens))
-            if clients not in best or row["tok_s"] > best[clients]["tok_s"]:
-                best[clients] = row
+            for mode, into in modes:
+                row = asyncio.run(load(url, clients, args.rounds, args.max_tokens, mode))
+                if clients not in into or row["tok_s"] > into[clients]["tok_s"]:
+                    into[clients] = row
 
 
-def r1lab_server(model, tokenizer, name: str, args, dtype: torch.dtype) -> dict[int, dict]:
-    """Best rows per client level with r1lab's server (in this process) on `model` in `dtype`."""
+def r1lab_server(model, tokenizer, name: str, args, dtype: torch.dtype,
+                 structured: dict[int, dict] | None = None) -> dict[int, dict]:
+    """Best rows per client level with r1lab's server (in this process) on `model` in `dtype` (and the
+    constrained rows into `structured`, when given)."""
     from r1lab.engine import Engine
     from r1lab.serve import create_app
     from r1lab.serve.cli import ServerThread
@@ -92,7 +122,7 @@ def r1lab_server(model, tokenizer, name: str, args, dtype: torch.dtype) -> dict[
     best: dict[int, dict] = {}
     try:
         with ServerThread(create_app(engine, tokenizer, name)) as server:
-            best_of(server.url, args, best)
+            best_of(server.url, args, best, structured)
     finally:
         engine.stop()
     return best
@@ -158,6 +188,32 @@ def peer_run(python: str, folder, args) -> tuple[dict[int, dict], dict[str, dict
     return vllm, ours
 
 
+def engine_ratio(model, tokenizer, args, streams: int) -> tuple[float, float]:
+    """(plain, constrained) decode tok/s of `streams` sequences on the engine itself: the thinking closed at once
+    (a budget of 0), then --max-tokens tokens free or constrained to SCHEMA, greedy, ignoring EOS."""
+    from r1lab.engine import Engine, SamplingParams
+    from r1lab.engine.constraint import Grammars, ThinkingBudget
+
+    engine = Engine(model, tokenizer, max_running=streams)
+    vocab = model.config.vocab_size
+    grammars = Grammars(tokenizer, vocab)
+    grammar = grammars.compile(f"start: {grammars.json_schema(SCHEMA)}\n")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"Question {i}: what is {i} + 1?"}],
+                                             add_generation_prompt=True) for i in range(streams)]
+    end = tokenizer.end_think_token_id
+    best = {False: 0.0, True: 0.0}
+    for _ in range(args.repeats + 1):
+        for constrained in (False, True):
+            params = [SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True, constraint=(
+                grammars.constraint(grammar, thinking=True, think_id=None, end_think_id=end, budget=0) if constrained
+                else ThinkingBudget(vocab, thinking=True, think_id=None, end_think_id=end, budget=0))) for _ in prompts]
+            started = time.perf_counter()
+            outs = engine.generate(prompts, params)
+            tok_s = sum(len(o.token_ids) for o in outs) / (time.perf_counter() - started)
+            best[constrained] = max(best[constrained], tok_s)
+    return best[False], best[True]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -165,6 +221,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per level (alternating); the best is kept")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--structured", action="store_true",
+                    help="chat requests, plain against constrained to a JSON schema (the cost of constrained decoding)")
     ap.add_argument("--vllm", default=None, metavar="PYTHON",
                     help="also serve with vLLM (its OpenAI server, run by this interpreter) as the peer, on cpu-vllm")
     args = ap.parse_args()
@@ -189,7 +247,8 @@ def main() -> None:
         for c in args.clients:
             best[c]["dtype"] = next(d for d, rows in by_dtype.items() if rows[c] is best[c])
     else:
-        best = r1lab_server(model, tokenizer, name, args, torch.float32)
+        structured: dict[int, dict] | None = {} if args.structured else None
+        best = r1lab_server(model, tokenizer, name, args, torch.float32, structured)
     rows = [best[c] for c in args.clients]
 
     base = rows[0]["tok_s"]
@@ -212,6 +271,21 @@ def main() -> None:
         summary[f"r1lab_dtype_{c}"] = best[c]["dtype"]
     if 1 in by_clients and 32 in by_clients:
         summary["scaling_1_to_32"] = round(by_clients[32] / by_clients[1], 2)
+    if not args.vllm and structured:
+        streams = max(args.clients)
+        plain, constrained = engine_ratio(model, tokenizer, args, streams)
+        print(f"engine alone, {streams} streams: plain {plain:.1f} tok/s, json {constrained:.1f} tok/s, "
+              f"ratio {constrained / plain:.3f}")
+        summary[f"engine_plain_tok_s_{streams}"] = round(plain, 1)
+        summary[f"engine_json_tok_s_{streams}"] = round(constrained, 1)
+        summary[f"structured_engine_ratio_{streams}"] = round(constrained / plain, 3)
+        summary["mode"] = "chat"
+        print(f"{'clients':>8} {'plain tok/s':>12} {'json tok/s':>11} {'ratio':>6}   (json_schema constrained)")
+        for c in args.clients:
+            ratio = structured[c]["tok_s"] / by_clients[c]
+            print(f"{c:>8} {by_clients[c]:>12.1f} {structured[c]['tok_s']:>11.1f} {ratio:>6.3f}")
+            summary[f"json_tok_s_{c}"] = round(structured[c]["tok_s"], 1)
+            summary[f"structured_ratio_{c}"] = round(ratio, 3)
     print(json.dumps(summary))
 
 

@@ -62,7 +62,7 @@ def make_tokenizer(folder: Path, style: str, vocab_size: int = 300) -> None:
     """tokenizer.json + tokenizer_config.json (+ chat template) for one of STYLES."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    specials, eos, bos, pad, template, _ = STYLES[style]
+    specials, eos, bos, pad, template, _, *added = STYLES[style]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
                                                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
@@ -72,8 +72,8 @@ def make_tokenizer(folder: Path, style: str, vocab_size: int = 300) -> None:
     backend.train_from_iterator(CORPUS, trainer=trainer)
     from tokenizers import AddedToken
 
-    backend.add_tokens([AddedToken("<think>", special=False, normalized=False),
-                        AddedToken("</think>", special=False, normalized=False)])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                        for t in ["<think>", "</think>", *(added[0] if added else [])]])
     folder.mkdir(parents=True, exist_ok=True)
     backend.save(str(folder / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "pad_token": pad,
@@ -123,3 +123,31 @@ def padded_batch():
     ids[~valid] = 0
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     return ids, valid, causal[None, None] & valid[:, None, None, :], lengths
+
+
+# ---------------------------------------------------------------- the checkpoints' real chat templates
+
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<|eom_id|>", "<|python_tag|>"]
+DEEPSEEK_SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜▁pad▁｜>",
+                     *(f"<｜tool▁{t}｜>" for t in ("calls▁begin", "calls▁end", "call▁begin", "call▁end", "sep",
+                                                  "outputs▁begin", "outputs▁end", "output▁begin", "output▁end"))]
+# family -> (template file, specials, eos, bos, pad, generation eos tokens, added plain-text tokens)
+REAL = {
+    "qwen2_5": ("qwen2_5", QWEN_SPECIALS, "<|im_end|>", None, "<|endoftext|>", ["<|im_end|>", "<|endoftext|>"],
+                ["<tool_call>", "</tool_call>"]),
+    "qwen3": ("qwen3", QWEN_SPECIALS, "<|im_end|>", None, "<|endoftext|>", ["<|im_end|>", "<|endoftext|>"],
+              ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]),
+    "llama3_1": ("llama3_1", LLAMA_SPECIALS, "<|eot_id|>", "<|begin_of_text|>", None,
+                 ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], []),
+    "llama3_2": ("llama3_2", LLAMA_SPECIALS, "<|eot_id|>", "<|begin_of_text|>", None,
+                 ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], []),
+    "r1distill_hub": ("deepseek_r1_distill", DEEPSEEK_SPECIALS, "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>",
+                      "<｜▁pad▁｜>", ["<｜end▁of▁sentence｜>"], []),
+    "deepseekv3": ("deepseekv3", DEEPSEEK_SPECIALS, "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "<｜▁pad▁｜>",
+                   ["<｜end▁of▁sentence｜>"], []),
+}
+for _name, (_file, _specials, _eos, _bos, _pad, _gen, _added) in REAL.items():
+    STYLES[_name] = (_specials, _eos, _bos, _pad, (TEMPLATES / f"{_file}.jinja").read_text(), _gen, _added)

@@ -146,3 +146,32 @@ def test_eval_skips_long_prompts_and_endpoint_matches_checkpoint(tmp_path, token
         for key in ("greedy_correct", "sample_correct", "maj_correct", "skipped"):
             assert row.get(key) == theirs[prompt].get(key), (prompt[:40], key)
     assert [row.get("greedy_correct") for row in mine.values()] == [1.0, 1.0, None, 0.0, 1.0, 0.0]
+
+
+def test_thinking_budget_curve(tmp_path, tokenizer, capsys):
+    """A random model never closes its thinking; a budget closes it after exactly that many tokens, and
+    `r1lab eval --thinking-budget` evaluates each budget and prints the curve budget -> pass@1."""
+    import torch
+
+    from conftest import tiny_config
+    from r1lab.cli import main
+    from r1lab.engine import Engine
+    from r1lab.model import Transformer
+    from r1lab.rollout import rollout
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(tokenizer.vocab_size)).eval()
+    problems = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)]
+    engine = Engine(model, tokenizer, max_running=8)
+    for budget in (0, 3):
+        out = rollout(engine, tokenizer, problems, 2, max_tokens=8, temperature=1.0, thinking_budget=budget,
+                      seed_of=lambda i, j: i * 10 + j)
+        assert [ids.index(tokenizer.end_think_token_id) for ids in out.token_ids] == [budget] * 6
+    save_checkpoint(model, tokenizer, tmp_path / "m")
+    out = tmp_path / "curve.jsonl"
+    assert main(["eval", str(tmp_path / "m"), "--tasks", "addition", "--n", "3", "--k", "2", "--max-tokens", "8",
+                 "--thinking-budget", "0", "3", "--no-greedy", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "thinking budget -> pass@1" in printed and "addition (think <= 3)" in printed
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert [row["thinking_budget"] for row in summary] == [0, 3]

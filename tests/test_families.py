@@ -105,7 +105,7 @@ def test_saved_after_training_steps_transformers_loads_equal_logits(family, tmp_
                                                  ("r1distill", "<think>\n", False)])
 def test_chat_template_as_transformers_renders_it(tmp_path, style, prefix, system):
     from hf_tiny import make_tokenizer
-    from r1lab.chat_tokenizer import R1_SYSTEM_PROMPT, load_tokenizer
+    from r1lab.chat_tokenizer import R1_SYSTEM_PROMPT, load_tokenizer, recipe_messages
 
     make_tokenizer(tmp_path, style)
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 0]}))
@@ -119,7 +119,9 @@ def test_chat_template_as_transformers_renders_it(tmp_path, style, prefix, syste
     assert ours.response_prefix == prefix
     assert ours.eos_token_ids == {ours.eos_token_id, 5, 0}  # every EOS of generation_config.json stops
     user_only = ours.apply_chat_template(chat[1:2], add_generation_prompt=True, tokenize=False)
-    assert (R1_SYSTEM_PROMPT in user_only) == system  # no <think> in the template: Open-R1's system prompt
+    assert R1_SYSTEM_PROMPT not in user_only  # the tokenizer adds nothing of its own
+    recipe = ours.apply_chat_template(recipe_messages(ours, chat[1:2]), add_generation_prompt=True, tokenize=False)
+    assert (R1_SYSTEM_PROMPT in recipe) == system  # no <think> in the template: the recipes' Open-R1 system prompt
     assert ours.decode(ours.encode("<think>\nok</think>")) == "<think>\nok</think>"
 
 

@@ -543,6 +543,29 @@ field_value = {
     "logprobs": json_value, "top_logprobs": st.integers(-2, 25) | json_value, "prompt_logprobs": st.integers(-2, 25) | json_value,
     "unknown_field": json_value,
 }
+tool = st.fixed_dictionaries({"type": st.just("function") | json_value, "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "get_weather", "bad name", ""]) | json_value},
+    optional={"parameters": st.just({"type": "object", "properties": {"a": {"enum": [1, 2]}}}) | json_value})})
+call = st.fixed_dictionaries({"id": st.sampled_from(["c1", "c2"]) | json_value, "type": st.just("function"),
+                              "function": st.fixed_dictionaries({"name": st.just("f") | json_value,
+                                                                 "arguments": st.sampled_from(["{}", '{"a": 1}', "[", ""])})})
+tool_fields = {  # function calling, structured output and the thinking switch
+    "tools": st.lists(tool, max_size=2) | json_value,
+    "tool_choice": st.sampled_from(["none", "auto", "required"]) | st.just({"type": "function", "function": {"name": "f"}})
+    | json_value, "parallel_tool_calls": st.booleans() | json_value,
+    "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}, {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "boolean"}}}}},
+        {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}]) | json_value,
+    "chat_template_kwargs": st.dictionaries(st.text(max_size=8), json_value, max_size=2) | json_value,
+    "reasoning_effort": st.sampled_from(["none", "low", "high"]) | json_value,
+    "thinking_budget": st.integers(-1, 4) | json_value,
+}
+field_value.update(tool_fields)
+tool_message = st.fixed_dictionaries({"role": st.just("tool"), "content": st.text(max_size=10),
+                                      "tool_call_id": st.sampled_from(["c1", "c2", "zz"])})
+calling_message = st.fixed_dictionaries({"role": st.just("assistant"), "content": st.none() | st.text(max_size=5),
+                                         "tool_calls": st.lists(call, min_size=1, max_size=2)},
+                                        optional={"reasoning": st.text(max_size=5), "reasoning_content": st.text(max_size=5)})
 bodies = st.fixed_dictionaries({}, optional=field_value)
 # valid requests with one field (maybe) replaced by anything: these reach generation, not just validation
 valid_fields = {
@@ -555,8 +578,9 @@ valid_fields = {
 valid_chat = st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries({
     "role": st.sampled_from(["user", "assistant", "system", "developer"]),
     "content": st.text(max_size=30)
-    | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}), max_size=2)}),
-    min_size=1, max_size=3)}, optional={**valid_fields, "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20)})
+    | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}), max_size=2)})
+    | calling_message | tool_message, min_size=1, max_size=4)},
+    optional={**valid_fields, "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20), **tool_fields})
 valid_completion = st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=30)
                                           | st.lists(st.integers(0, 319), min_size=1, max_size=8)
                                           | st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3)},

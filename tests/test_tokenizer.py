@@ -91,3 +91,47 @@ def test_tokenizer_command_reads_files_as_pretraining_does(tmp_path):
     assert docs == ["first line\nof one paragraph", "second paragraph", "a row"]
     assert docs == [pretrain_text(r) for p in (text, rows) for r in read_rows(p)]
     assert list(file_documents([str(text)], limit=1)) == ["first line\nof one paragraph"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "add", "description": "a + b",
+                                           "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]
+TOOL_CHATS = [
+    [{"role": "user", "content": "What is 2 + 2?"}],
+    [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "What is 2 + 2?"},
+     {"role": "assistant", "content": None, "reasoning_content": "I should add.",
+      "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}},
+                     {"id": "c2", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]},
+     {"role": "tool", "tool_call_id": "c1", "content": "4"}, {"role": "tool", "tool_call_id": "c2", "content": "1"}],
+    [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "reasoning": "old thinking",
+                                        "tool_calls": [{"function": {"name": "add", "arguments": {}}}]},
+     {"role": "tool", "content": "0"}, {"role": "assistant", "content": "It is 0."}, {"role": "user", "content": "Next"}],
+]
+
+
+@pytest.mark.parametrize("messages", TOOL_CHATS)
+def test_tool_format_through_transformers(tmp_path, tokenizer, messages):
+    transformers = pytest.importorskip("transformers")
+    tokenizer.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for gen in (True, False):
+        theirs = hf.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=gen, tokenize=False)
+        assert theirs == render_chat(messages, gen, TOOLS)
+        assert hf.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=gen, tokenize=True,
+                                      return_dict=False) == tokenizer.apply_chat_template(messages, gen, tools=TOOLS)
+    text = render_chat(messages, True, TOOLS)
+    assert text.count('"name": "add"') == 1 + sum(len(m.get("tool_calls") or []) for m in messages)
+    # thinking is kept for the tool sub-turns of the answer being written, dropped once a new user turn starts
+    assert ("I should add." in text) == (messages[-1]["role"] == "tool")
+    assert "old thinking" not in text
+
+
+def test_checkpoint_saved_with_the_template_before_tools_still_loads_as_ours(tmp_path, tokenizer):
+    import json
+
+    from r1lab.chat_tokenizer import load_tokenizer
+    from r1lab.tokenizer import CHAT_TEMPLATE_V1
+
+    tokenizer.save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=CHAT_TEMPLATE_V1)))
+    assert isinstance(load_tokenizer(tmp_path), Tokenizer)

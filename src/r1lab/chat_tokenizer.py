@@ -5,11 +5,16 @@ Where the reasoning starts differs by template, and `response_prefix` says it: t
 prompt pre-fills inside the assistant turn. R1-Distill templates end with "<think>\\n" (the model continues
 the thinking: prefix "<think>\\n"); Qwen3 opens a plain assistant turn and the model writes "<think>"
 itself (prefix ""). Trainers, eval and rewards see `response_prefix + completion`, the whole response,
-either way. A template that never mentions <think> (Qwen2.5-Instruct) gets Open-R1's system prompt, which
-asks for the <think>…</think><answer>…</answer> format, whenever a conversation has no system message.
+either way.
+
+`apply_chat_template` renders exactly what transformers renders for the same messages, tools and template
+arguments: nothing is added. Open-R1's system prompt (which asks a template that never mentions <think>,
+Qwen2.5-Instruct's, for the <think>…</think><answer>…</answer> format) is a training recipe's choice: the
+recipes ask for it through `recipe_messages`.
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from datetime import datetime
@@ -17,7 +22,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as Backend
 
-from .tokenizer import CHAT_TEMPLATE, END_THINK, THINK, BackendText, Tokenizer
+from .tokenizer import CHAT_TEMPLATE, CHAT_TEMPLATE_V1, END_THINK, THINK, BackendText, Tokenizer
 
 # Open-R1's SYSTEM_PROMPT (open-r1/src/open_r1/configs.py), which its GRPO recipes use for Qwen2.5-Instruct
 R1_SYSTEM_PROMPT = (
@@ -66,6 +71,21 @@ def compile_template(source: str):
     return env.from_string(source)
 
 
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """The messages as transformers hands them to a template: keys whose value is None dropped (templates test
+    whether a key is there: `content: null` beside tool calls must read as no content), and an assistant's
+    thinking, under any of its names, also as `reasoning_content` and `thinking`."""
+    out = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if v is not None}
+        reasoning = next((m[k] for k in REASONING_FIELDS if m.get(k) is not None), None)
+        out.append(m if reasoning is None else {"thinking": reasoning, **m, "reasoning_content": reasoning})
+    return out
+
+
 class ChatTokenizer(BackendText):
     """r1lab's tokenizer interface (encode, decode, apply_chat_template, save, the special ids) over a
     checkpoint's own tokenizer files."""
@@ -94,6 +114,15 @@ class ChatTokenizer(BackendText):
         self.system_prompt = None if THINK in (template or "") or END_THINK in (template or "") else R1_SYSTEM_PROMPT
         self.response_prefix = self._response_prefix() if template else ""
 
+    def with_template(self, template: str) -> "ChatTokenizer":
+        """This tokenizer with another chat template (serve --chat-template: e.g. a template that shows the model
+        its tools where the checkpoint's own does not)."""
+        other = copy.copy(self)
+        other.chat_template, other._template = template, compile_template(template)
+        other.system_prompt = None if THINK in template or END_THINK in template else R1_SYSTEM_PROMPT
+        other.response_prefix = other._response_prefix()
+        return other
+
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
 
@@ -116,16 +145,14 @@ class ChatTokenizer(BackendText):
         if self._template is None:
             raise ValueError("this tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja): "
                              "pass raw text, or add a template")
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+        return self._template.render(messages=template_messages(messages), add_generation_prompt=add_generation_prompt,
                                      **{k: v for k, v in self.specials.items() if v is not None}, **kwargs)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, tokenize: bool = True,
-                            **kwargs):
-        """Ids (or text) of `messages` through the checkpoint's template; with R1_SYSTEM_PROMPT first when the
-        template does not know <think> and the conversation has no system message."""
-        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        text = self.render(messages, add_generation_prompt, **kwargs)
+                            tools: list[dict] | None = None, **kwargs):
+        """Ids (or text) of `messages` through the checkpoint's template, as transformers renders them: `tools`
+        (JSON schemas) and any template argument (enable_thinking=False, ...) go to the template."""
+        text = self.render(messages, add_generation_prompt, tools=tools, documents=None, **kwargs)
         return self.encode(text) if tokenize else text
 
     # ---------------------------------------------------------------- files
@@ -162,13 +189,23 @@ class ChatTokenizer(BackendText):
         return cls(backend, config, generation, template)
 
 
+def recipe_messages(tokenizer, messages: list[dict]) -> list[dict]:
+    """`messages` as r1lab's training recipes feed them: with Open-R1's system prompt first when the
+    checkpoint's template does not know <think> and the conversation has no system message."""
+    prompt = getattr(tokenizer, "system_prompt", None)
+    if prompt and not any(m.get("role") == "system" for m in messages):
+        return [{"role": "system", "content": prompt}, *messages]
+    return messages
+
+
 def load_tokenizer(folder: str | Path) -> Tokenizer | ChatTokenizer:
     """r1lab's own Tokenizer when the folder holds it (its special tokens and its chat template), else the
     folder's tokenizer with the folder's own chat template."""
     folder = Path(folder)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    if config.get("chat_template", CHAT_TEMPLATE) == CHAT_TEMPLATE and not (folder / "chat_template.jinja").exists():
+    ours = config.get("chat_template", CHAT_TEMPLATE) in (CHAT_TEMPLATE, CHAT_TEMPLATE_V1)
+    if ours and not (folder / "chat_template.jinja").exists():
         try:
             return Tokenizer.load(folder)
         except ValueError:  # not r1lab's special tokens

@@ -13,7 +13,8 @@ from typing import Any
 
 from .engine import Engine, SamplingParams
 from .rewards import columns_of
-from .tokenizer import Tokenizer, response_prefix_of
+from .chat_tokenizer import recipe_messages
+from .tokenizer import Tokenizer, response_prefix_of, thinking_prefilled
 
 
 @dataclass
@@ -45,17 +46,38 @@ class Rollout:
 
 def chat_prompt(tokenizer: Tokenizer, problem: dict) -> list[int]:
     """A problem's prompt as token ids: one user turn, then the opened assistant turn (with what the template
-    pre-fills, e.g. THINK_PREFIX)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": problem["prompt"]}], add_generation_prompt=True)
+    pre-fills, e.g. THINK_PREFIX); Open-R1's system prompt first where the template does not know <think>."""
+    messages = recipe_messages(tokenizer, [{"role": "user", "content": problem["prompt"]}])
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def budget_constraint(engine: Engine, tokenizer: Tokenizer, budget: int):
+    """A constraint that closes one sequence's thinking after `budget` tokens (where the template opens the
+    thinking; where the model opens it itself, after `budget` tokens of it)."""
+    from .engine.constraint import ThinkingBudget
+
+    if tokenizer.end_think_token_id is None:
+        raise ValueError("a thinking budget needs a tokenizer with a </think> token")
+    prefilled = thinking_prefilled(tokenizer)
+    return ThinkingBudget(engine.model.config.vocab_size, thinking=prefilled,
+                          think_id=None if prefilled else tokenizer.think_token_id,
+                          end_think_id=tokenizer.end_think_token_id, budget=budget)
 
 
 def rollout(engine: Engine, tokenizer: Tokenizer, problems: list[dict], k: int, *, max_tokens: int,
             temperature: float = 1.0, top_p: float = 1.0, seed_of: Callable[[int, int], int] | None = None,
-            scorer: Callable[..., Any] | None = None, progress: bool = False, logprobs: bool = False) -> Rollout:
+            scorer: Callable[..., Any] | None = None, progress: bool = False, logprobs: bool = False,
+            thinking_budget: int | None = None) -> Rollout:
     """Sample k completions of every problem with `engine` and score them with `scorer` (if given).
-    logprobs: also keep each generated token's log-prob under the engine (raw, at temperature 1)."""
+    logprobs: also keep each generated token's log-prob under the engine (raw, at temperature 1).
+    thinking_budget: close each completion's thinking ("</think>") after that many tokens."""
     prompt_ids = [chat_prompt(tokenizer, p) for p in problems]
-    if seed_of is None:
+    if thinking_budget is not None:  # a budget keeps per-sequence state: one SamplingParams per row
+        seeds = seed_of or (lambda i, j: None)
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seeds(i, j),
+                                 logprobs=logprobs, constraint=budget_constraint(engine, tokenizer, thinking_budget))
+                  for i in range(len(problems)) for j in range(k)]
+    elif seed_of is None:
         params: SamplingParams | list[SamplingParams] = SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                                                        top_p=top_p, logprobs=logprobs)
     else:

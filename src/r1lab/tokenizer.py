@@ -22,9 +22,48 @@ END_THINK = "</think>"
 THINK_PREFIX = THINK + "\n"  # the chat template pre-fills it: a response is THINK_PREFIX + the generated text
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT, THINK, END_THINK]  # ids 0..6, in this order
 
+TOOL_CALL, END_TOOL_CALL = "<tool_call>", "</tool_call>"  # r1lab's tool format (plain text, as Hermes/Qwen write it)
+TOOL_RESPONSE, END_TOOL_RESPONSE = "<tool_response>", "</tool_response>"
+TOOLS_HEADER = ("# Tools\nYou may call these functions. To call one, answer with "
+                '<tool_call>{"name": <function name>, "arguments": <arguments object>}</tool_call>, once per call.\n')
+
 # Jinja form of `render_chat` below (the two must stay in step; a test compares them through transformers).
-# Earlier assistant turns keep only their answer: thinking is not fed back, as in DeepSeek-R1.
+# Earlier assistant turns keep only their answer: thinking is not fed back, as in DeepSeek-R1, except the
+# thinking (`reasoning_content`) of the assistant turns after the last user message: the sub-turns of one
+# answer that calls tools keep it (DeepSeek's rule). Tools come first (after BOS), one JSON schema a line;
+# a tool's result goes back as a user turn holding <tool_response>…</tool_response> (one per result).
 CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}"
+    "{% endfor %}"
+    "{% if tools %}{{ '" + TOOLS_HEADER.replace("\n", "\\n") + "<tools>\\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor %}{{ '</tools>\\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% set content = message['content'] or '' %}"
+    "{% if message['role'] == 'system' %}{{ content }}"
+    "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + content }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] | trim %}{% endif %}"
+    "{% set reasoning = message.get('reasoning_content') or message.get('reasoning') %}"
+    "{% if reasoning and loop.index0 > ns.last_user %}{% set content = '<think>\\n' + reasoning + '</think>' + content %}"
+    "{% endif %}"
+    "{{ '<｜Assistant｜>' + content }}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{% set call = call['function'] if call.get('function') else call %}"
+    "{{ '<tool_call>{\"name\": ' + (call['name'] | tojson) + ', \"arguments\": ' }}"
+    "{{ call['arguments'] if call['arguments'] is string else (call['arguments'] | tojson) }}{{ '}</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<｜end▁of▁sentence｜>' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<｜User｜>' }}{% endif %}"
+    "{{ '<tool_response>' + content + '</tool_response>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+# the template before tools: checkpoints saved with it still load as r1lab's tokenizer
+CHAT_TEMPLATE_V1 = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
@@ -39,9 +78,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str:
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_tool_call(name: str, arguments) -> str:
+    """One call in r1lab's tool format (arguments: a dict, or the JSON text of one)."""
+    args = arguments if isinstance(arguments, str) else _json(arguments)
+    return f'{TOOL_CALL}{{"name": {_json(name)}, "arguments": {args}}}{END_TOOL_CALL}'
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
     parts = [BOS]
-    for m in messages:
+    last_user = max([i for i, m in enumerate(messages) if m["role"] == "user"], default=-1)
+    if tools:
+        parts.append(TOOLS_HEADER + "<tools>\n" + "".join(_json(t) + "\n" for t in tools) + "</tools>\n")
+    for i, m in enumerate(messages):
         role, content = m["role"], m.get("content") or ""
         if role == "system":
             parts.append(content)
@@ -50,9 +102,17 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str
         elif role == "assistant":
             if END_THINK in content:
                 content = content.split(END_THINK)[-1].strip()
-            parts.append(ASSISTANT + content + EOS)
+            reasoning = m.get("reasoning_content") or m.get("reasoning")
+            if reasoning and i > last_user:  # a tool sub-turn of the answer being written keeps its thinking
+                content = THINK + "\n" + reasoning + END_THINK + content
+            calls = [c.get("function") or c for c in m.get("tool_calls") or []]
+            parts.append(ASSISTANT + content + "".join(render_tool_call(c["name"], c["arguments"]) for c in calls) + EOS)
+        elif role == "tool":
+            if i == 0 or messages[i - 1]["role"] != "tool":
+                parts.append(USER)
+            parts.append(TOOL_RESPONSE + content + END_TOOL_RESPONSE)
         else:
-            raise ValueError(f"unknown chat role {role!r} (expected system, user or assistant)")
+            raise ValueError(f"unknown chat role {role!r} (expected system, user, assistant or tool)")
     if add_generation_prompt:
         parts.append(ASSISTANT + THINK + "\n")
     return "".join(parts)
@@ -103,8 +163,9 @@ class Tokenizer(BackendText):
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, tokenize: bool = True):
-        text = render_chat(messages, add_generation_prompt)
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, tokenize: bool = True,
+                            tools: list[dict] | None = None, **_template_kwargs):
+        text = render_chat(messages, add_generation_prompt, tools)
         return self.encode(text) if tokenize else text
 
     # ---------------------------------------------------------------- files

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 import torch
 
 from ..model import Transformer
+from .constraint import submit_masks
 from .detok import Detokenizer
 from .gqa import eos_ids, runner_and_cache
 from .progress import progress_bar
@@ -32,22 +33,20 @@ from .scoring import PromptScorer, top_logprobs
 __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", "RequestHandle", "StreamEvent"]
 
 
-# most attention-score elements one prefill forward may hold (B x tokens x heads x L); longer prompts
-# are prefilled in chunks. 2**25 float32 scores = 128 MiB.
-PREFILL_SCORE_BUDGET = 1 << 25
+# most attention-score elements one prefill forward may hold (B x tokens x heads x L); longer prompts are prefilled in chunks
+PREFILL_SCORE_BUDGET = 1 << 25  # 2**25 float32 scores = 128 MiB
 
 
 class Engine:
     """Generation for a live r1lab Transformer (see the module docstring for the scheduling policy).
 
-    max_running: sequences decoded together (cache slots). max_cached_tokens: cap on the KV-cache tokens
-    reserved by running requests (None = max_running x max_model_len). max_model_len: prompt + output
-    limit (default: the model's max_position_embeddings). device: moves the model there (default: where
-    it is); do not move the model afterwards. max_waiting: bound of submit()'s queue (QueueFull beyond).
-    max_prefill_tokens: prompt tokens admitted in one prefill step.
+    max_running: sequences decoded together (cache slots). max_cached_tokens: cap on the KV-cache tokens reserved by
+    running requests (None = max_running x max_model_len). max_model_len: prompt + output limit (default: the model's
+    max_position_embeddings). device: moves the model there (default: where it is); do not move the model afterwards.
+    max_waiting: bound of submit()'s queue (QueueFull beyond). max_prefill_tokens: prompt tokens admitted in one prefill.
 
-    The engine reads the model's parameters live and never changes them or its train/eval mode, so a
-    trainer can generate, step its optimizer and generate again with the new weights.
+    The engine reads the model's parameters live and never changes them or its train/eval mode, so a trainer can
+    generate, step its optimizer and generate again with the new weights.
     """
 
     def __init__(self, model: Transformer, tokenizer, *, max_running: int = 64, max_cached_tokens: int | None = None,
@@ -366,14 +365,15 @@ class Engine:
         self.cache.ensure(len(running), kv_len)
         ids = torch.tensor([[r.output[-1]] for r in running], device=self.device)
         start = torch.tensor(positions, device=self.device)
+        masks = submit_masks(self._sampler.constraints, self.model.config.vocab_size, self.device)  # during the forward
         logits = self.runner.forward(ids, start, 0, None, self.cache, kv_len)
         for r in running:
             r.cached += 1
-        self._process(running, self._sampler, logits)
+        self._process(running, self._sampler, logits, masks)
 
-    def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor) -> None:
+    def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor, masks=None) -> None:
         """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""
-        tokens, logprobs = sampler(logits)
+        tokens, logprobs = sampler(logits, masks)
         top = top_logprobs(logits, sampler.top_logprobs) if sampler.top_logprobs else None
         token_list, logprob_list = tokens.tolist(), logprobs.tolist() if logprobs is not None else None
         finished = []

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .constraint import apply_masks, mask_logits
+
 
 @dataclass
 class SamplingParams:
@@ -27,6 +29,7 @@ class SamplingParams:
     same number however a token was sampled, and vLLM's default. logprobs=True returns one per sampled
     token; top_logprobs=k (implies logprobs) also the k most likely tokens of each step; prompt_logprobs=k
     (None = off) the log-prob of every prompt token after the first, with its rank and the step's top k.
+    With a `constraint`, sampling sees the masked logits; the log-probs stay the model's own.
     """
 
     max_tokens: int = 256
@@ -40,6 +43,9 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_logprobs: int | None = None
+    # a constraint.Constraint (one per request: it keeps the request's grammar state): masks the logits to
+    # what a grammar allows after the thinking, or closes the thinking at a budget
+    constraint: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # the OpenAI API allows one string
@@ -79,6 +85,8 @@ class Sampler:
     def __init__(self, params: list[SamplingParams], generators: list[random.Random | None], vocab_size: int,
                  device: torch.device):
         self.params, self.generators, self.vocab_size = params, generators, vocab_size
+        self.constraints = [p.constraint for p in params]
+        self.constrained = any(c is not None for c in self.constraints)
         self.all_greedy = all(p.greedy for p in params)
         self.any_greedy = any(p.greedy for p in params)
         self.want_logprobs = any(p.logprobs for p in params)
@@ -101,8 +109,21 @@ class Sampler:
         self.seeded_rows = torch.tensor(seeded, device=device)
         self.all_seeded = len(seeded) == len(params)
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """logits (B, V) -> sampled token ids (B,), and their raw log-probs (B,) when any row wants them."""
+    def __call__(self, logits: torch.Tensor, masks=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """logits (B, V) -> sampled token ids (B,), and their raw log-probs (B,) when any row wants them.
+        Constrained rows: sampled from their masked logits (`masks`: constraint.submit_masks' future, when the
+        engine started it already; the log-probs stay raw), and each constraint moved past its row's token."""
+        raw = logits
+        if self.constrained:
+            logits = mask_logits(logits, masks.result()) if masks is not None else apply_masks(logits, self.constraints)
+        tokens, logprobs = self._sample(logits, raw)
+        if self.constrained:
+            for c, t in zip(self.constraints, tokens.tolist()):
+                if c is not None:
+                    c.advance(t)
+        return tokens, logprobs
+
+    def _sample(self, logits: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = logits.float()
         if self.all_greedy:
             tokens = logits.argmax(-1)
@@ -117,7 +138,7 @@ class Sampler:
                 tokens = torch.where(self.greedy_rows, logits.argmax(-1), tokens)
         logprobs = None
         if self.want_logprobs:
-            logprobs = F.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
+            logprobs = F.log_softmax(raw.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
         return tokens, logprobs
 
     def _filter(self, scaled: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:

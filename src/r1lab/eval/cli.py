@@ -32,6 +32,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="appended to each prompt; default: none for built-in tasks, the R1 math prompt for datasets "
                         f"({R1_MATH_INSTRUCTION!r}); '' for none")
     p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--thinking-budget", type=int, nargs="+", default=None, metavar="N",
+                   help="close the thinking after N tokens; several N: one evaluation each, and the curve "
+                        "budget -> pass@1 (an r1lab server for --endpoint, or vLLM's thinking_token_budget)")
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write per-problem results here (JSONL); a summary goes beside it (.summary.json)")
@@ -45,6 +48,8 @@ def check_eval_args(args) -> None:
     for name, low in (("n", 1), ("k", 0), ("max_tokens", 1)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if any(b < 0 for b in getattr(args, "thinking_budget", None) or []):
+        raise ValueError(f"--thinking-budget must be at least 0, got {args.thinking_budget}")
     if args.temperature is not None and not 0 <= args.temperature <= 100:
         raise ValueError(f"--temperature must be in [0, 100], got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -109,6 +114,14 @@ def print_table(results: list[TaskResult], title: str, k: int) -> None:
     console.print(results[0].ci_method if results else "", style="dim")
 
 
+def print_budget_curve(results: list[TaskResult]) -> None:
+    """The curve thinking budget -> pass@1 (and mean length), one line per budget of each task."""
+    print("thinking budget -> pass@1 (95% CI over problems), mean completion tokens")
+    for r in results:
+        pass1 = "-" if r.pass1 is None else f"{100 * r.pass1:5.1f}%"
+        print(f"  {r.task:<32} {pass1} {fmt_interval(r.pass1_ci):>16}  {r.mean_length:7.1f} tokens")
+
+
 def run_eval(args) -> int:
     from ..config import parse_knobs
     from .evaluate import evaluate_with, load_problems, write_results
@@ -117,13 +130,19 @@ def run_eval(args) -> int:
     check_eval_args(args)
     generate, source, model_defaults = _generator(args)
     results = []
+    budgets = args.thinking_budget or [None]
     for spec in [s.strip() for s in args.tasks.split(",") if s.strip()]:
         problems = load_problems(spec, args.n, seed=args.seed, **(knobs if is_task(spec) else {}))
         if not problems:
             raise ValueError(f"{spec}: no problems to evaluate (an empty file?)")
-        results.append(evaluate_with(generate, problems, task=Path(spec).stem, k=args.k, max_tokens=args.max_tokens,
-                                     greedy=not args.no_greedy, seed=args.seed, **settings_for(spec, args, model_defaults)))
+        for budget in budgets:
+            name = Path(spec).stem if budget is None else f"{Path(spec).stem} (think <= {budget})"
+            results.append(evaluate_with(generate, problems, task=name, k=args.k, max_tokens=args.max_tokens,
+                                         greedy=not args.no_greedy, seed=args.seed, thinking_budget=budget,
+                                         **settings_for(spec, args, model_defaults)))
     print_table(results, f"eval of {source}", args.k)
+    if len(budgets) > 1:
+        print_budget_curve(results)
     if args.out:
         write_results(results, args.out)
         summary = Path(args.out).with_suffix(".summary.json")

@@ -57,6 +57,8 @@ def endpoint_generator(url: str, model: str, api_key: str | None = None, concurr
                 "temperature": request.temperature, "top_p": request.top_p}
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.thinking_budget is not None:  # r1lab's field and vLLM's
+            body["thinking_budget"] = body["thinking_token_budget"] = request.thinking_budget
         for attempt in range(retries + 1):
             try:
                 response = client.post(base + "/chat/completions", json=body, headers=headers)

@@ -47,6 +47,7 @@ class Request:
     temperature: float
     top_p: float
     seed: int | None
+    thinking_budget: int | None = None  # close the thinking after this many tokens (None: no budget)
 
 
 # a generator turns requests into samples; None for a prompt that does not fit the context
@@ -71,6 +72,7 @@ class TaskResult:
     temperature: float | None = None
     top_p: float | None = None
     mean_length_ci: tuple[float, float] | None = None  # 95% interval over problems of the mean length (k samples)
+    thinking_budget: int | None = None  # the thinking was closed after this many tokens
     # tasks with a check step (tasks.common.review), over the k samples: the share that checks (95% interval
     # over problems) and the share of those checks that caught a wrong first answer and ended right
     check_rate: float | None = None
@@ -142,10 +144,10 @@ def engine_generator(engine, tokenizer) -> Generate:
         runs: dict[tuple, list[int]] = {}  # requests with the same settings (and seeds or not) sample together
         for i in fits:
             r = requests[i]
-            runs.setdefault((r.max_tokens, r.temperature, r.top_p, r.seed is None), []).append(i)
-        for (max_tokens, temperature, top_p, unseeded), rows in runs.items():
+            runs.setdefault((r.max_tokens, r.temperature, r.top_p, r.seed is None, r.thinking_budget), []).append(i)
+        for (max_tokens, temperature, top_p, unseeded, budget), rows in runs.items():
             out = rollout(engine, tokenizer, [problems[i] for i in rows], 1, max_tokens=max_tokens,
-                          temperature=temperature, top_p=top_p,
+                          temperature=temperature, top_p=top_p, thinking_budget=budget,
                           seed_of=None if unseeded else (lambda index, _, rows=rows: requests[rows[index]].seed))
             for index, i in enumerate(rows):
                 samples[i] = Sample(out.texts[index], out.lengths[index], out.finish_reasons[index])
@@ -156,10 +158,10 @@ def engine_generator(engine, tokenizer) -> Generate:
 
 def evaluate(engine, tokenizer, problems: list[dict], task: str, k: int = 8, temperature: float = 1.0,
              max_tokens: int = 256, greedy: bool = True, seed: int = 0, top_p: float = 1.0,
-             instruction: str = "") -> TaskResult:
+             instruction: str = "", thinking_budget: int | None = None) -> TaskResult:
     """Evaluate a local engine (see evaluate_with)."""
     return evaluate_with(engine_generator(engine, tokenizer), problems, task, k, temperature, max_tokens, greedy, seed,
-                         top_p, instruction)
+                         top_p, instruction, thinking_budget)
 
 
 def _messages(problem: dict, instruction: str) -> list[dict]:
@@ -169,19 +171,20 @@ def _messages(problem: dict, instruction: str) -> list[dict]:
 
 def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 8, temperature: float = 1.0,
                   max_tokens: int = 256, greedy: bool = True, seed: int = 0, top_p: float = 1.0,
-                  instruction: str = "") -> TaskResult:
+                  instruction: str = "", thinking_budget: int | None = None) -> TaskResult:
     """pass@1 over k samples (seeds seed + 1000 * problem + sample), greedy accuracy and maj@k of `problems`,
-    graded by the accuracy reward; `instruction` is appended to each prompt (e.g. R1_MATH_INSTRUCTION)."""
+    graded by the accuracy reward; `instruction` is appended to each prompt (e.g. R1_MATH_INSTRUCTION);
+    thinking_budget: every completion's thinking is closed after that many tokens."""
     accuracy = get("accuracy")
     messages = [_messages(p, instruction) for p in problems]
     samples: list[list[Sample | None]] = [[] for _ in problems]
     greedy_samples: list[Sample | None] = [None] * len(problems)
     if k > 0:
-        outs = generate([Request(m, max_tokens, temperature, top_p, seed + 1000 * i + j)
+        outs = generate([Request(m, max_tokens, temperature, top_p, seed + 1000 * i + j, thinking_budget)
                          for i, m in enumerate(messages) for j in range(k)])
         samples = [outs[i * k:(i + 1) * k] for i in range(len(problems))]
     if greedy:
-        greedy_samples = generate([Request(m, max_tokens, 0.0, 1.0, None) for m in messages])
+        greedy_samples = generate([Request(m, max_tokens, 0.0, 1.0, None, thinking_budget) for m in messages])
     kept = [i for i in range(len(problems))
             if all(s is not None for s in samples[i]) and (not greedy or greedy_samples[i] is not None)]
     kept_problems = [problems[i] for i in kept]
@@ -244,6 +247,7 @@ def evaluate_with(generate: Generate, problems: list[dict], task: str, k: int = 
         return sum(xs) / len(xs) if xs else None
 
     return TaskResult(task=task, n=len(kept), k=k, pass1=mean(pass1), greedy=mean(greedy_acc), maj=mean(maj),
+                      thinking_budget=thinking_budget,
                       mean_length=mean([s.tokens for s in measured]) or 0.0,
                       truncated=mean([float(s.finish_reason == "length") for s in measured]) or 0.0,
                       skipped=len(problems) - len(kept), pass1_ci=mean_interval(pass1),

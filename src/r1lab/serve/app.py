@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP API over one `Engine`: /v1/chat/completions (the thinking streamed as
-`reasoning_content`, the answer as `content`), /v1/completions, /v1/models, /health, /metrics, and
-the chat page at / (its files under /static).
+`reasoning` and `reasoning_content`, the answer as `content`, tool calls as `tool_calls`), /v1/completions,
+/v1/models, /health, /metrics, and the chat page at / (its files under /static).
 
 Every request shares the engine's continuous batch. Admission is bounded: at most
 `max_running + max_waiting` sequences are in flight, beyond that a request gets 429 at once rather than
@@ -14,8 +14,9 @@ Log-probs: the chat endpoint's `logprobs` / `top_logprobs` (0-20) and the comple
 (or `prompt_logprobs`) scores a prompt without generating, which is how a distillation trainer has a
 teacher score a student's tokens. They are raw (log_softmax at temperature 1; see serve/logprobs.py).
 
-Request fields we do not implement (tools, response_format, ...) are ignored, as extra fields are;
-vLLM's `top_k` and `ignore_eos` are accepted.
+Function calling (`tools`, `tool_choice`, `parallel_tool_calls`), structured output (`response_format`) and
+the thinking switch and budget: see plan.py, tools.py and docs/api.md. Request fields we do not implement
+are ignored, as extra fields are; vLLM's `top_k` and `ignore_eos` are accepted.
 """
 from __future__ import annotations
 
@@ -32,20 +33,24 @@ from ..model.families import generation_defaults
 from ..tokenizer import max_token_chars
 from .errors import APIError, install_error_handlers
 from .generation import Job, JobStream, ServerState, chat_full, chat_stream, text_full, text_stream, with_disconnect_watch
+from .plan import chat_messages, plan_chat, render_prompt
 from .metrics import MetricsMiddleware
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, SamplingFields
 from .security import DEFAULT_MAX_BODY, SecurityMiddleware
 
 
 def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, max_waiting: int = 128,
-               max_running: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
+               max_running: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+               thinking_budget: int | None = None) -> FastAPI:
     """The FastAPI app serving `engine` (already started: `engine.start()`) under the id `model_name`.
 
     max_running defaults to the engine's own; with max_waiting it bounds the sequences in flight.
-    max_body_bytes, the Host check and the security headers: see security.py."""
+    max_body_bytes, the Host check and the security headers: see security.py. thinking_budget: close every
+    answer's thinking after that many tokens (a request's thinking_budget overrides it)."""
     running = max_running if max_running is not None else int(getattr(engine, "max_running", 64))
     state = ServerState(engine, tokenizer, model_name, api_key or None, running + max_waiting, int(engine.max_model_len))
     app = FastAPI(title="r1lab", version=__version__, description="OpenAI-compatible API for an r1lab checkpoint.")
+    state.thinking_budget = thinking_budget
     app.state.server = state
     install_error_handlers(app)
     # a prompt longer than this many characters cannot fit the context: refused without tokenizing it
@@ -87,15 +92,17 @@ def create_app(engine, tokenizer, model_name: str, api_key: str | None = None, m
     @app.post("/v1/chat/completions", dependencies=v1)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         _check_model(state, body)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        _check_chars(state, sum(len(m["content"]) for m in messages), max_chars, "messages")
+        messages = chat_messages(body)
+        _check_chars(state, sum(len(m.get("content") or "") for m in messages), max_chars, "messages")
+        plan = await run_in_threadpool(plan_chat, state, body, messages)  # compiling a new schema takes a while
         # tokenizing a long prompt takes a while: in a worker thread, so the event loop keeps serving others
-        prompt = await run_in_threadpool(_encode, lambda: state.tokenizer.apply_chat_template(messages,
-                                                                                             add_generation_prompt=True))
+        prompt = await run_in_threadpool(_encode, lambda: render_prompt(state.tokenizer, messages, plan))
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if body.top_logprobs and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        job = _admit(state, request, [prompt], body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
+        job = _admit(state, request, [prompt], body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None,
+                     constraint=plan.constraint)
+        job.plan = plan
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return JobStream(job, chat_stream(state, job, include_usage))
@@ -177,10 +184,12 @@ def _completion_prompts(state: ServerState, prompt) -> list[list[int]]:
 
 
 def _admit(state: ServerState, request: Request, prompts: list[list[int]], body: SamplingFields, max_tokens: int | None,
-           top_logprobs: int | None = None, prompt_logprobs: int | None = None, scored: int | None = None) -> Job:
+           top_logprobs: int | None = None, prompt_logprobs: int | None = None, scored: int | None = None,
+           constraint=None) -> Job:
     """Check the prompts fit, build one SamplingParams per choice, and take capacity (given back by `Job.release`).
     top_logprobs: None for no log-probs; prompt_logprobs: what the response shows as vLLM's prompt_logprobs;
-    scored: the alternatives the engine computes per prompt token (None: the prompt is not scored)."""
+    scored: the alternatives the engine computes per prompt token (None: the prompt is not scored);
+    constraint: a function making each choice's constraint (None: unconstrained)."""
     from ..engine import SamplingParams
 
     for p in prompts:
@@ -204,7 +213,8 @@ def _admit(state: ServerState, request: Request, prompts: list[list[int]], body:
             params.append(SamplingParams(max_tokens=room if max_tokens is None else min(max_tokens, room),
                                          temperature=temperature, top_p=top_p, top_k=body.top_k, seed=seed,
                                          stop=body.stop_list(), ignore_eos=body.ignore_eos, logprobs=top_logprobs is not None,
-                                         top_logprobs=top_logprobs or 0, prompt_logprobs=scored))
+                                         top_logprobs=top_logprobs or 0, prompt_logprobs=scored,
+                                         constraint=constraint() if constraint is not None else None))
             seqs.append(p)
     if state.in_flight + len(seqs) > state.capacity:
         raise APIError(429, f"The server is at capacity ({state.capacity} sequences in flight); retry shortly.",

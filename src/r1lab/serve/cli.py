@@ -31,6 +31,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-waiting", type=int, default=128, help="sequences queued beyond the batch before 429")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--model-name", default=None, help="model id in the API (default: the checkpoint folder's name)")
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja",
+                   help="use this Jinja chat template instead of the checkpoint's (e.g. one that renders tools)")
+    p.add_argument("--thinking-budget", type=int, default=None,
+                   help="close every answer's thinking after this many tokens (a request's thinking_budget overrides it)")
     add_dtype_argument(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the model on CPU (default: torch's count less one, left to the HTTP side: "
@@ -51,12 +55,17 @@ def run_serve(args) -> int:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer.json; the server needs the tokenizer next to the "
                               "weights (copy it in, e.g. from the run's tokenizer folder)")
     model, tokenizer = load_for_serving(args.checkpoint, args.dtype)
+    if args.chat_template:
+        if not hasattr(tokenizer, "with_template"):
+            raise CheckpointError("--chat-template needs a checkpoint with a Hugging Face tokenizer; r1lab's own "
+                                  "tokenizer has its template (with tools) built in")
+        tokenizer = tokenizer.with_template(Path(args.chat_template).read_text())
     if next(model.parameters()).device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
     name = args.model_name or Path(args.checkpoint).resolve().name
     engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len)
     app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting,
-                     max_body_bytes=args.max_request_bytes)
+                     max_body_bytes=args.max_request_bytes, thinking_budget=args.thinking_budget)
     engine.start()
     logging.getLogger("r1lab.serve").info("serving %s as '%s' at http://%s:%d%s", args.checkpoint, name, args.host,
                                           args.port, " (API key required)" if args.api_key else "")

@@ -24,7 +24,8 @@ from .logprobs import TextLogprobBuilder, TokenText, chat_logprobs, prompt_logpr
 from .metrics import Metrics
 from .protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatChunkChoice, ChatDelta,
                        CompletionTokensDetails, TextChoice, TextCompletion, TextLogprobs, Usage, new_id, now)
-from .reasoning import ReasoningSplitter, reasoning_token_count
+from .reasoning import ReasoningSplitter, partial_tag_len, reasoning_token_count
+from .tools import call_start, parse_calls
 
 log = logging.getLogger("r1lab.serve")
 SYSTEM_FINGERPRINT = f"fp_r1lab_{__version__}"
@@ -41,6 +42,8 @@ class ServerState:
     capacity: int  # sequences in flight before 429
     max_model_len: int
     metrics: Metrics = field(default_factory=Metrics)
+    thinking_budget: int | None = None  # the serve flag: close every answer's thinking after this many tokens
+    grammars: object = None  # constraint.Grammars, built on the first constrained request
     in_flight: int = 0
     created: int = field(default_factory=now)
     names: TokenText = field(init=False)
@@ -60,6 +63,7 @@ class Job:
     usage: list[int]  # [prompt, completion] tokens, shared with the request log line
     top_logprobs: int | None = None  # None: no log-probs; else alternatives per token
     prompt_logprobs: int | None = None  # vLLM's prompt_logprobs (None: not asked for)
+    plan: object = None  # plan.ChatPlan of a chat request
     started: float = field(default_factory=time.perf_counter)
     released: bool = False
 
@@ -185,23 +189,32 @@ def _usage(state: ServerState, job: Job, completion_tokens: int, reasoning_token
                  total_tokens=job.prompt_tokens + completion_tokens, completion_tokens_details=details)
 
 
-def _reasoning_tokens(state: ServerState, token_ids: list[int]) -> int:
+def _reasoning_tokens(state: ServerState, token_ids: list[int], job: Job | None = None) -> int:
+    if job is not None and not _prefilled(state, job) and state.tokenizer.think_token_id not in token_ids:
+        return 0  # the answer starts outside the thinking and never opens it
     return reasoning_token_count(token_ids, state.tokenizer.end_think_token_id, state.tokenizer.decode)
 
 
 async def chat_full(state: ServerState, job: Job) -> ChatCompletion:
     results = await _collect(state, job)
     choices, reasoning_tokens = [], 0
+    plan = job.plan
     for i, r in enumerate(results):
-        splitter = ReasoningSplitter(thinking_prefilled(state.tokenizer))
+        splitter = ReasoningSplitter(_prefilled(state, job))
         splitter.feed(r.text)
         splitter.finish()
-        message = AssistantMessage(content=splitter.content, reasoning_content=splitter.reasoning or None)
+        content, calls = splitter.content, []
+        if plan is not None and plan.parse_tools:
+            content, calls = parse_calls(plan.fmt, content, plan.names)
+        reasoning = splitter.reasoning or None
+        message = AssistantMessage(content=content, reasoning=reasoning, reasoning_content=reasoning,
+                                   tool_calls=[c.openai() for c in calls] or None)
         logprobs = None
         if job.top_logprobs is not None:
             logprobs = chat_logprobs(state.names, r.token_ids, r.logprobs, r.top_logprobs, job.top_logprobs)
-        choices.append(ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=_finish(r.finish_reason)))
-        reasoning_tokens += _reasoning_tokens(state, r.token_ids)
+        finish = "tool_calls" if calls and r.finish_reason != "length" else _finish(r.finish_reason)
+        choices.append(ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=finish))
+        reasoning_tokens += _reasoning_tokens(state, r.token_ids, job)
     usage = _usage(state, job, sum(len(r.token_ids) for r in results), reasoning_tokens)
     return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=state.model_name,
                           system_fingerprint=SYSTEM_FINGERPRINT, choices=choices, usage=usage)
@@ -271,10 +284,69 @@ def _dump(model) -> bytes:
     return sse(model.model_dump_json(exclude_none=True))
 
 
+def _prefilled(state: ServerState, job: Job) -> bool:
+    return job.plan.prefilled if job.plan is not None else thinking_prefilled(state.tokenizer)
+
+
+class CallHold:
+    """Streams an answer's content until a tool call may be starting, then holds the rest back: at the end it is
+    parsed into calls (sent as OpenAI streams them) or, garbled, released as content."""
+
+    def __init__(self, plan) -> None:
+        self.plan, self.start = plan, call_start(plan.fmt)
+        self.sent, self.held = "", ""  # content already streamed; text held back
+        self.holding = False
+
+    def feed(self, text: str) -> str:
+        """The content that can go out now."""
+        buf = self.held + text
+        if self.holding:
+            self.held = buf
+            return ""
+        if self.plan.fmt == "llama3_json":  # a call is the whole answer: decide on its first character
+            stripped = buf.lstrip()
+            if not self.sent and (stripped.startswith("{") or stripped.startswith("<|python_tag|>") or not stripped):
+                self.held, self.holding = buf, bool(stripped)
+                return ""
+            self.held = ""
+            self.sent += buf
+            return buf
+        at = buf.find(self.start)
+        if at >= 0:
+            self.held, self.holding = buf[at:], True
+            out = buf[:at]
+        else:
+            keep = partial_tag_len(buf, self.start)
+            out, self.held = buf[:len(buf) - keep], buf[len(buf) - keep:]
+        self.sent += out
+        return out
+
+    def finish(self) -> tuple[str, list]:
+        """(content still to send, calls) at the end of the answer."""
+        if not self.held:
+            return "", []
+        content, calls = parse_calls(self.plan.fmt, self.sent + self.held, self.plan.names)
+        if not calls:
+            return self.held, []
+        return "", calls
+
+
+def _call_deltas(calls: list) -> list[ChatDelta]:
+    """OpenAI's streamed shape: per call, id and name first (empty arguments), then the arguments in pieces."""
+    deltas = []
+    for index, call in enumerate(calls):
+        deltas.append(ChatDelta(tool_calls=[{"index": index, "id": call.id, "type": "function",
+                                             "function": {"name": call.name, "arguments": ""}}]))
+        for at in range(0, len(call.arguments), 32):
+            deltas.append(ChatDelta(tool_calls=[{"index": index, "function": {"arguments": call.arguments[at:at + 32]}}]))
+    return deltas
+
+
 async def chat_stream(state: ServerState, job: Job, include_usage: bool) -> AsyncIterator[bytes]:
     ident, created = new_id("chatcmpl"), now()
     head = dict(id=ident, created=created, model=state.model_name, system_fingerprint=SYSTEM_FINGERPRINT)
-    splitters = [ReasoningSplitter(thinking_prefilled(state.tokenizer)) for _ in job.prompts]
+    splitters = [ReasoningSplitter(_prefilled(state, job)) for _ in job.prompts]
+    holds = [CallHold(job.plan) if job.plan is not None and job.plan.parse_tools else None for _ in job.prompts]
     token_ids: list[list[int]] = [[] for _ in job.prompts]
     yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
                                                      for i in range(len(job.prompts))]))
@@ -285,20 +357,30 @@ async def chat_stream(state: ServerState, job: Job, include_usage: bool) -> Asyn
             if ev.finish_reason is not None:
                 tail = splitters[index].finish()
                 delta.reasoning += tail.reasoning
+            hold, calls = holds[index], []
+            if hold is not None:
+                delta.content = hold.feed(delta.content)
+                if ev.finish_reason is not None:
+                    rest, calls = hold.finish()
+                    delta.content += rest
             logprobs = None
             if job.top_logprobs is not None and ev.token_ids:  # tokens whose text the splitter may still hold back
                 logprobs = chat_logprobs(state.names, ev.token_ids, ev.logprobs or [], ev.top_logprobs, job.top_logprobs)
             if delta or logprobs is not None:
+                reasoning = delta.reasoning or None
                 yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(
-                    index=index, delta=ChatDelta(content=delta.content or None, reasoning_content=delta.reasoning or None),
-                    logprobs=logprobs)]))
+                    index=index, delta=ChatDelta(content=delta.content or None, reasoning=reasoning,
+                                                 reasoning_content=reasoning), logprobs=logprobs)]))
+            for call_delta in _call_deltas(calls):
+                yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(index=index, delta=call_delta)]))
             if ev.finish_reason is not None:
+                finish = "tool_calls" if calls and ev.finish_reason != "length" else _finish(ev.finish_reason)
                 yield _dump(ChatCompletionChunk(**head, choices=[ChatChunkChoice(
-                    index=index, delta=ChatDelta(), finish_reason=_finish(ev.finish_reason))]))
+                    index=index, delta=ChatDelta(), finish_reason=finish)]))
     except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
         yield sse(json.dumps((e if isinstance(e, APIError) else _engine_error(e)).body(), ensure_ascii=True))
     if include_usage:
-        usage = _usage(state, job, sum(map(len, token_ids)), sum(_reasoning_tokens(state, t) for t in token_ids))
+        usage = _usage(state, job, sum(map(len, token_ids)), sum(_reasoning_tokens(state, t, job) for t in token_ids))
         yield _dump(ChatCompletionChunk(**head, choices=[], usage=usage))
     yield sse("[DONE]")
 

@@ -2,7 +2,8 @@
 
 Requests are strict about types (a string where a number belongs is a 400, as OpenAI answers) and lenient
 about extra fields (ignored, so any OpenAI client's newer options do no harm). Responses are built as
-models and dumped to JSON; `reasoning_content` carries the thinking as in the DeepSeek API.
+models and dumped to JSON; the thinking goes out twice, as `reasoning` (vLLM, Ollama) and `reasoning_content`
+(the DeepSeek API).
 """
 from __future__ import annotations
 
@@ -27,16 +28,65 @@ class TextPart(Request):
     text: str
 
 
+class FunctionCall(Request):
+    name: str
+    arguments: str  # JSON text of an object, as OpenAI sends it
+
+
+class ToolCall(Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    reasoning_content: str | None = None  # an earlier answer's thinking: accepted, never fed back
+    # an earlier answer's thinking, under either name: the template decides what it keeps (DeepSeek's rule:
+    # dropped once a new user turn starts, kept across the tool sub-turns of one answer)
+    reasoning: str | None = None
+    reasoning_content: str | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+
+class FunctionDef(Request):
+    name: str
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema of type object
+    strict: bool | None = None
+
+
+class Tool(Request):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(Request):
+    name: str
+
+
+class NamedToolChoice(Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(Request):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class StreamOptions(Request):
@@ -70,6 +120,16 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool | None = None
     top_logprobs: LogprobCount | None = None  # needs logprobs: true
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None  # default: auto with tools
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    # the thinking switch: template arguments (Qwen3's enable_thinking, DeepSeek-V3.1's thinking) and OpenAI's
+    # reasoning_effort ("none" switches the thinking off); a budget closes the thinking after that many tokens
+    chat_template_kwargs: dict | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    thinking_budget: Annotated[int, Field(ge=0)] | None = None
+    thinking_token_budget: Annotated[int, Field(ge=0)] | None = None  # vLLM's name for the same
 
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -111,7 +171,9 @@ class Usage(Response):
 class AssistantMessage(Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning: str | None = None  # the thinking, under vLLM's and Ollama's name and DeepSeek's
     reasoning_content: str | None = None
+    tool_calls: list[dict] | None = None
 
 
 class TopLogprob(Response):
@@ -172,7 +234,9 @@ class ChatCompletion(CompletionHeader):
 class ChatDelta(Response):
     role: str | None = None
     content: str | None = None
+    reasoning: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[dict] | None = None
 
 
 class ChatChunkChoice(Response):

@@ -24,7 +24,7 @@ class Delta:
         return bool(self.reasoning or self.content)
 
 
-def _partial_tag_len(text: str, tag: str) -> int:
+def partial_tag_len(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag` (a tag cut in two)."""
     for n in range(min(len(text), len(tag) - 1), 0, -1):
         if text.endswith(tag[:n]):
@@ -70,7 +70,7 @@ class ReasoningSplitter:
         if self.state == "thinking":
             at = buf.find(END_THINK)
             if at < 0:
-                keep = _partial_tag_len(buf, END_THINK)
+                keep = partial_tag_len(buf, END_THINK)
                 delta.reasoning, self.pending = buf[:len(buf) - keep], buf[len(buf) - keep:]
                 buf = ""
             else:

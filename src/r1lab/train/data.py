@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .. import tasks
-from ..tokenizer import EOS, THINK_PREFIX, max_token_chars, render_chat, response_prefix_of
+from ..chat_tokenizer import recipe_messages
+from ..tokenizer import EOS, THINK_PREFIX, Tokenizer, max_token_chars, render_chat, response_prefix_of
 
 IGNORE = -100
 
@@ -161,7 +162,12 @@ def split_chat(row: dict) -> tuple[list[dict], str]:
         messages = row["messages"]
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError("a `messages` row must end with an assistant message")
-        return messages[:-1], str(messages[-1].get("content") or "")
+        final = messages[-1]
+        response = str(final.get("content") or "")
+        reasoning = final.get("reasoning_content") or final.get("reasoning")
+        if reasoning and "</think>" not in response:  # the thinking given apart, as the OpenAI-style APIs return it
+            response = f"<think>\n{reasoning}\n</think>\n\n{response}"
+        return messages[:-1], response
     prompt = next((row[k] for k in ("prompt", "question", "problem", "instruction") if row.get(k) is not None), None)
     response = next((row[k] for k in ("reference_trace", "completion", "response", "solution", "answer")
                      if row.get(k) is not None), None)
@@ -216,12 +222,19 @@ def chat_example(row: dict, tokenizer, max_chars: int | None = None) -> Example:
     """The row tokenized; max_chars: texts longer than that are cut first (what a block of seq_len tokens can
     hold at most), so a 10 MB answer costs no more than a short one."""
     messages, response = split_chat(row)
+    final = row["messages"][-1] if isinstance(row.get("messages"), list) else {}
+    if final.get("tool_calls"):  # the answer calls tools: they are written as the template's format writes them
+        from ..serve.tools import render_calls, tool_format
+
+        response += render_calls(tool_format(tokenizer), final["tool_calls"], isinstance(tokenizer, Tokenizer))
     if max_chars is not None:
         response = response[:max_chars]
         messages = [dict(m, content=m["content"][:max_chars]) if isinstance(m.get("content"), str) else m
                     for m in messages]
     # prompt and completion are tokenized apart, exactly as the engine sees them when it generates
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    # a row's tools go to the template; tool results are in the prompt, so they carry no loss
+    tools = {"tools": row["tools"]} if row.get("tools") else {}
+    prompt = tokenizer.apply_chat_template(recipe_messages(tokenizer, messages), add_generation_prompt=True, **tools)
     completion = completion_text(response, response_prefix_of(tokenizer))
     return Example(prompt, tokenizer.encode(completion) + [tokenizer.eos_token_id])
 
