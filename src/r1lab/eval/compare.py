@@ -75,7 +75,7 @@ def plot(curves: list[Curve], tasks: list[str], path: Path, title: str) -> Path 
         line, = ax.plot(xs, ys, marker="o", label=curve.name)
         ax.fill_between(xs, [y - h for y, h in zip(ys, half)], [y + h for y, h in zip(ys, half)],
                         color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("training FLOPs since the shared start (update + sampling + teacher scoring)")
+    ax.set_xlabel("FLOPs since the shared start")
     ax.set_ylabel("mean pass@1 over tasks (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
