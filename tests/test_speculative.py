@@ -213,3 +213,10 @@ def test_seeded_speculative_sampling_is_reproducible():
         runs.append([c.token_ids for c in engine.generate(ps, SamplingParams(max_tokens=12, temperature=1.0, seed=7,
                                                                                ignore_eos=True))])
     assert runs[0] == runs[1]
+
+
+def test_prompt_lookup_in_a_repeating_stretch_proposes_k_tokens():
+    d = NgramDrafter(k=4, max_n=2)
+    assert d.lookup([3, 7, 7, 7, 7, 7, 7], 4) == [7, 7, 7, 7]  # not just the one token after the latest match
+    assert d.lookup([1, 2, 1, 2, 1, 2], 4) == [1, 2, 1, 2]
+    assert d.lookup([9, 1, 2, 5, 1, 2], 4) == [5, 1, 2]  # as much as followed

@@ -405,7 +405,12 @@ class Engine:
                   for r in running]
         drafts = self.drafter.propose([r.prompt + r.output for r in running], limits, running, sampler)
         drafts.counts = [max(0, min(c, n)) for c, n in zip(drafts.counts, limits)]
-        T = drafts.tokens.shape[1] + 1
+        if not any(drafts.counts):  # nothing to verify: a plain step costs less
+            return self._decode()
+        T = max(drafts.counts) + 1
+        drafts.tokens = drafts.tokens[:, :T - 1]
+        if drafts.q is not None:
+            drafts.q = drafts.q[:, :T - 1]
         ids = torch.cat([torch.tensor([[r.output[-1]] for r in running]), drafts.tokens.cpu()], 1).to(self.device)
         kv_len = max(r.cached for r in running) + T
         self.cache.ensure(len(running), kv_len)

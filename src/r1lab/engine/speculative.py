@@ -69,14 +69,22 @@ class NgramDrafter:
         pass
 
     def lookup(self, seq: list[int], limit: int) -> list[int]:
-        """The continuation of the latest earlier match of seq's longest matching suffix (at most `limit`)."""
+        """What followed an earlier occurrence of seq's longest matching suffix (n from max_n down to min_n):
+        the latest occurrence followed by `limit` tokens, else the one followed by the most (in a repeating
+        stretch the latest occurrence is followed by one token only)."""
         L = len(seq)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             tail = seq[L - n:]
-            first = tail[0]
-            for start in range(L - n - 1, -1, -1):  # latest match first; it must end before the tail does
+            first, best = tail[0], None
+            for start in range(L - n - 1, -1, -1):  # latest first; a match must end before the tail does
                 if seq[start] == first and seq[start:start + n] == tail:
-                    return seq[start + n:start + n + limit]
+                    follow = seq[start + n:start + n + limit]
+                    if best is None or len(follow) > len(best):
+                        best = follow
+                    if len(best) == limit:
+                        break
+            if best is not None:
+                return best
         return []
 
     def propose(self, sequences, limits, slots, sampler) -> Drafts:
