@@ -220,3 +220,31 @@ def test_prompt_lookup_in_a_repeating_stretch_proposes_k_tokens():
     assert d.lookup([3, 7, 7, 7, 7, 7, 7], 4) == [7, 7, 7, 7]  # not just the one token after the latest match
     assert d.lookup([1, 2, 1, 2, 1, 2], 4) == [1, 2, 1, 2]
     assert d.lookup([9, 1, 2, 5, 1, 2], 4) == [5, 1, 2]  # as much as followed
+
+
+def test_command_line_options_and_metrics(tmp_path):
+    import argparse
+
+    from r1lab.engine.cli import add_generate_arguments
+    from r1lab.engine.speculative import drafter_from_args
+    from r1lab.model import save_checkpoint
+    from r1lab.serve.metrics import Metrics
+
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+    model = make_model()
+    folder = save_checkpoint(make_model(seed=1, num_hidden_layers=1), None, tmp_path / "draft")
+    drafter = drafter_from_args(parser.parse_args(["ckpt", "hi", "--draft", str(folder), "--num-speculative-tokens", "3"]))
+    assert isinstance(drafter, ModelDrafter) and drafter.k == 3 and drafter.model.config.num_hidden_layers == 1
+    ps = prompts(2, 64, seed=6)
+    plain, spec, stats = greedy_pair(model, drafter, ps, max_tokens=10)
+    assert spec == plain and stats["spec_drafted_tokens"] > 0
+    lookup = drafter_from_args(parser.parse_args(["ckpt", "hi", "--prompt-lookup"]))
+    assert isinstance(lookup, NgramDrafter) and lookup.k == 4
+    assert drafter_from_args(parser.parse_args(["ckpt", "hi"])) is None
+    with pytest.raises(SystemExit):  # one drafter at a time
+        parser.parse_args(["ckpt", "hi", "--prompt-lookup", "--draft", str(folder)])
+    text = Metrics().render(stats)
+    assert f"r1lab_spec_drafted_tokens_total {stats['spec_drafted_tokens']}" in text
+    assert f"r1lab_spec_accepted_tokens_total {stats['spec_accepted_tokens']}" in text
+    assert "r1lab_spec_" not in Metrics().render(Engine(model, None).stats())  # no speculation, no such lines

@@ -160,10 +160,13 @@ class ModelDrafter:
         position = torch.tensor([len(seq) for seq in sequences], device=device)  # where each row's next draft goes
         tokens, qs = [], []
         for j in range(k):
-            q = sampler.probs(logits)
-            token = sampler.draw(q)
+            if sampler.all_greedy:  # the argmax; q is a point mass on it, which the greedy rule never reads
+                token = logits.argmax(-1)
+            else:
+                q = sampler.probs(logits)
+                token = sampler.draw(q)
+                qs.append(q)
             tokens.append(token)
-            qs.append(q)
             if j + 1 < k:
                 kv = int(position.max()) + 1
                 logits = self.runner.forward(token[:, None], position, 0, None, self.cache, kv)
@@ -171,7 +174,29 @@ class ModelDrafter:
         drafted = torch.stack(tokens, 1)
         for b, key in enumerate(slots):
             self._state[key] = (b, len(sequences[b]), drafted[b].tolist())
-        return Drafts(drafted, [min(k, limit) for limit in limits], torch.stack(qs, 1))
+        return Drafts(drafted, [min(k, limit) for limit in limits], torch.stack(qs, 1) if qs else None)
+
+
+def add_speculative_arguments(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--draft", default=None, metavar="CKPT",
+                       help="speculative decoding with this draft checkpoint (the target's tokenizer; docs/speculative.md)")
+    group.add_argument("--prompt-lookup", action="store_true",
+                       help="speculative decoding with prompt lookup (n-gram matches in the sequence itself)")
+    parser.add_argument("--num-speculative-tokens", type=int, default=4, metavar="K",
+                        help="drafts per sequence and step with --draft or --prompt-lookup (default 4)")
+
+
+def drafter_from_args(args, device=None) -> Drafter | None:
+    """The drafter add_speculative_arguments' options ask for (None: plain decoding)."""
+    if args.prompt_lookup:
+        return NgramDrafter(k=args.num_speculative_tokens)
+    if args.draft:
+        from .precision import load_for_serving
+
+        draft, _ = load_for_serving(args.draft, args.dtype, device)
+        return ModelDrafter(draft.eval(), k=args.num_speculative_tokens)
+    return None
 
 
 def uniforms(generators: list[random.Random | None], n: int, device) -> torch.Tensor:
