@@ -137,7 +137,8 @@ class ModelDrafter:
 
     def propose(self, sequences, limits, slots, sampler) -> Drafts:
         B, k, device = len(sequences), self.k, self.device
-        self.runner.maybe_refresh()
+        if any(key not in self._state for key in slots):  # new work: with the draft's current weights (as the engine)
+            self.runner.maybe_refresh()
         live = set(slots)
         self._state = {key: s for key, s in self._state.items() if key in live}  # forget finished requests
         valid = [self._valid(key, seq, b) for b, (key, seq) in enumerate(zip(slots, sequences))]
