@@ -120,6 +120,39 @@ def test_grouped_query_families_greedy_equals_plain(tmp_path):
         assert spec == plain and stats["spec_drafted_tokens"] > 0
 
 
+def test_streaming_on_the_background_loop_with_stop_strings_equals_plain(tmp_path):
+    pytest.importorskip("transformers")
+    import r1lab
+    from hf_tiny import make_model as make_hf
+
+    make_hf(tmp_path / "target", "qwen3", "qwen3")
+    model, tokenizer = r1lab.load(tmp_path / "target")
+    texts = ["The answer is", "12 + 34 =", "Once upon a time there was"]
+    ids = [tokenizer.encode(t) for t in texts]
+    free = Engine(model, tokenizer, max_running=2).generate(ids, SamplingParams(max_tokens=20, **GREEDY))
+    stops = [c.text[4:7] for c in free]  # strings the greedy text reaches mid-way
+    params = [SamplingParams(max_tokens=20, stop=[s] if s.strip() else [], **GREEDY) for s in stops]
+    plain = Engine(model, tokenizer, max_running=2).generate(ids, params)
+
+    def streamed(engine):
+        engine.start()
+        try:
+            handles = [engine.submit(i, p) for i, p in zip(ids, params)]
+            out = []
+            for h in handles:
+                events = list(h.events())
+                out.append(("".join(e.text for e in events), sum((e.token_ids for e in events), []),
+                            events[-1].finish_reason))
+            return out
+        finally:
+            engine.stop()
+
+    assert any(c.finish_reason == "stop" for c in plain)
+    engine = Engine(model, tokenizer, max_running=2, drafter=NgramDrafter(k=3))
+    assert streamed(engine) == [(c.text, c.token_ids, c.finish_reason) for c in plain]
+    assert engine.stats()["spec_drafted_tokens"] > 0
+
+
 def test_limits_logprobs_stops_and_a_vocabulary_mismatch():
     model = make_model()
     ps = prompts(4, 64, seed=4)
