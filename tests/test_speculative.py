@@ -204,18 +204,22 @@ def test_accept_reject_rule_keeps_the_target_distribution_and_a_wrong_rule_fails
 
 
 @torch.no_grad()
-def exact_sequence_probs(model, prompt, n, V, temperature):
-    """P(first n tokens) for every sequence of n tokens, from full forwards."""
+def exact_sequence_probs(model, prompt, n, V, temperature, top_k=0):
+    """P(first n tokens) for every sequence of n tokens, from full forwards (top_k: only the k most likely
+    tokens of each step, renormalised)."""
     probs = {}
     for seq in itertools.product(range(V), repeat=n):
         ids = torch.tensor([prompt + list(seq)])
-        logp = torch.log_softmax(model(ids)[0].float() / temperature, -1)
+        logits = model(ids)[0].float() / temperature
+        if top_k:
+            logits = logits.masked_fill(logits < logits.topk(top_k, -1).values[:, -1:], float("-inf"))
+        logp = torch.log_softmax(logits, -1)
         probs[seq] = math.exp(sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(seq)))
     return probs
 
 
-@pytest.mark.parametrize("drafter_kind", ["model", "ngram"])
-def test_sampled_speculative_sequences_have_the_target_distribution(drafter_kind):
+@pytest.mark.parametrize("drafter_kind,top_k", [("model", 0), ("ngram", 0), ("model", 3)])
+def test_sampled_speculative_sequences_have_the_target_distribution(drafter_kind, top_k):
     V = 5
     model = make_model(vocab_size=V)
     with torch.no_grad():  # sharper than a random tiny model's near-uniform logits, so a bias would show
@@ -225,10 +229,10 @@ def test_sampled_speculative_sequences_have_the_target_distribution(drafter_kind
     drafter = ModelDrafter(draft, k=2) if drafter_kind == "model" else NgramDrafter(k=2, max_n=2)
     engine = Engine(model, None, max_running=512, drafter=drafter)
     torch.manual_seed(0)
-    out = engine.generate([prompt] * N, SamplingParams(max_tokens=n, temperature=temperature, ignore_eos=True))
+    out = engine.generate([prompt] * N, SamplingParams(max_tokens=n, temperature=temperature, top_k=top_k, ignore_eos=True))
     stats = engine.stats()
     assert 0 < stats["spec_accepted_tokens"] < stats["spec_drafted_tokens"]  # both branches of the rule ran
-    exact = exact_sequence_probs(model, prompt, n, V, temperature)
+    exact = exact_sequence_probs(model, prompt, n, V, temperature, top_k)
     keys = list(exact)
     index = {k: i for i, k in enumerate(keys)}
     counts = [0] * len(keys)
