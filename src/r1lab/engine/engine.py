@@ -204,6 +204,7 @@ class Engine:
             "max_cached_tokens": self.max_cached_tokens,
             "kv_bytes_per_token": self.cache.bytes_per_token,
             "kv_allocated_bytes": self.cache.allocated_bytes,
+            "spec_verified_sequences": self._verify_rows,  # sequence-steps that verified drafts
             "spec_drafted_tokens": self._drafted,
             "spec_accepted_tokens": self._accepted,
             "spec_acceptance_rate": self._accepted / self._drafted if self._drafted else None,
@@ -400,8 +401,9 @@ class Engine:
         over k + 1 positions), keeps the drafts the accept/reject rule keeps plus one token of the target's,
         and its cached length moves past the kept tokens only (what lies beyond is overwritten later)."""
         running, sampler = self._running, self._sampler
-        # drafts each row may still use: its remaining tokens, less the one every verification yields
-        limits = [min(r.params.max_tokens - len(r.output), r.max_total - len(r.prompt) - len(r.output)) - 1
+        # drafts each row asks for: its draft length, within its remaining tokens less the one every verification yields
+        k = self.drafter.k
+        limits = [min(r.draft_len or k, r.params.max_tokens - len(r.output) - 1, r.max_total - len(r.prompt) - len(r.output) - 1)
                   for r in running]
         drafts = self.drafter.propose([r.prompt + r.output for r in running], limits, running, sampler)
         drafts.counts = [max(0, min(c, n)) for c, n in zip(drafts.counts, limits)]
@@ -429,6 +431,8 @@ class Engine:
         finished = []
         for b, (r, row) in enumerate(zip(running, rows)):
             r.cached += len(row)  # the fed last token and the kept drafts
+            if drafts.counts[b]:  # all kept: 2 more next time (up to k); else 1 fewer (down to 1)
+                r.draft_len = min(k, (r.draft_len or k) + 2) if len(row) > drafts.counts[b] else max(1, (r.draft_len or k) - 1)
             if r.cancelled:
                 continue
             for j, t in enumerate(row):

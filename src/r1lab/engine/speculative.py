@@ -136,7 +136,10 @@ class ModelDrafter:
         return min(cached + kept, len(seq) - 1)  # always feed at least the newest token
 
     def propose(self, sequences, limits, slots, sampler) -> Drafts:
-        B, k, device = len(sequences), self.k, self.device
+        B, device = len(sequences), self.device
+        k = min(self.k, max(limits))  # draft steps: as many as the row that asks for most
+        if k <= 0:  # nobody wants drafts; the cache catches up next time
+            return Drafts(torch.zeros(B, 1, dtype=torch.long), [0] * B)
         if any(key not in self._state for key in slots):  # new work: with the draft's current weights (as the engine)
             self.runner.maybe_refresh()
         live = set(slots)
@@ -175,7 +178,7 @@ class ModelDrafter:
         drafted = torch.stack(tokens, 1)
         for b, key in enumerate(slots):
             self._state[key] = (b, len(sequences[b]), drafted[b].tolist())
-        return Drafts(drafted, [min(k, limit) for limit in limits], torch.stack(qs, 1) if qs else None)
+        return Drafts(drafted, [max(0, min(k, limit)) for limit in limits], torch.stack(qs, 1) if qs else None)
 
 
 def add_speculative_arguments(parser) -> None:
