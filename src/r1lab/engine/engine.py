@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..model import Transformer
 from .constraint import submit_masks
@@ -30,7 +29,7 @@ from .progress import progress_bar
 from .request import Completion, EngineError, PromptTooLong, QueueFull, Request, RequestHandle, StreamEvent
 from .sampling import Sampler, SamplingParams
 from .scoring import PromptScorer, top_logprobs
-from .speculative import Drafter, accept, accept_greedy, uniforms
+from .speculative import Drafter, verify
 
 __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", "RequestHandle", "StreamEvent"]
 
@@ -409,22 +408,7 @@ class Engine:
         drafts.counts = [max(0, min(c, n)) for c, n in zip(drafts.counts, limits)]
         if not any(drafts.counts):  # nothing to verify: a plain step costs less
             return self._decode()
-        T = max(drafts.counts) + 1
-        drafts.tokens = drafts.tokens[:, :T - 1]
-        if drafts.q is not None:
-            drafts.q = drafts.q[:, :T - 1]
-        ids = torch.cat([torch.tensor([[r.output[-1]] for r in running]), drafts.tokens.cpu()], 1).to(self.device)
-        kv_len = max(r.cached for r in running) + T
-        self.cache.ensure(len(running), kv_len)
-        start = torch.tensor([r.cached for r in running], device=self.device)
-        logits = self.runner.forward(ids, start, 0, None, self.cache, kv_len, all_positions=True)  # (B, T, V)
-        if sampler.all_greedy:
-            rows = accept_greedy(logits, drafts)
-        else:
-            p = torch.stack([sampler.probs(logits[:, j]) for j in range(T)], 1)
-            rows = accept(p, drafts, uniforms(sampler.generators, T - 1, self.device), sampler.draw)
-        logprobs = F.log_softmax(logits.float(), -1) if sampler.want_logprobs else None
-        tops = [top_logprobs(logits[:, j], sampler.top_logprobs) for j in range(T)] if sampler.top_logprobs else None
+        rows, logprobs, tops = verify(self.runner, self.cache, running, drafts, sampler)
         self._verify_rows += len(running)
         self._drafted += sum(drafts.counts)
         self._accepted += sum(len(row) - 1 for row in rows)

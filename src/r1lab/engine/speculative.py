@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from .gqa import runner_and_cache
 from .sampling import Sampler
+from .scoring import top_logprobs
 
 
 @dataclass
@@ -179,6 +181,31 @@ class ModelDrafter:
         for b, key in enumerate(slots):
             self._state[key] = (b, len(sequences[b]), drafted[b].tolist())
         return Drafts(drafted, [max(0, min(k, limit)) for limit in limits], torch.stack(qs, 1) if qs else None)
+
+
+def verify(runner, cache, running: list, drafts: Drafts, sampler: Sampler):
+    """The target's forward over each running sequence's last token and drafts (positions r.cached.., the cache
+    entries written as it goes), and the rule's verdict: (the tokens each row gains: its kept drafts, then one
+    of the target's; the raw log-probs (B, T, V) when the sampler wants them, else None; each position's top
+    log-probs when it wants those, else None)."""
+    device = cache.device
+    T = max(drafts.counts) + 1
+    drafts.tokens = drafts.tokens[:, :T - 1]
+    if drafts.q is not None:
+        drafts.q = drafts.q[:, :T - 1]
+    ids = torch.cat([torch.tensor([[r.output[-1]] for r in running]), drafts.tokens.cpu()], 1).to(device)
+    kv_len = max(r.cached for r in running) + T
+    cache.ensure(len(running), kv_len)
+    start = torch.tensor([r.cached for r in running], device=device)
+    logits = runner.forward(ids, start, 0, None, cache, kv_len, all_positions=True)  # (B, T, V)
+    if sampler.all_greedy:
+        rows = accept_greedy(logits, drafts)
+    else:
+        p = torch.stack([sampler.probs(logits[:, j]) for j in range(T)], 1)
+        rows = accept(p, drafts, uniforms(sampler.generators, T - 1, device), sampler.draw)
+    logprobs = F.log_softmax(logits.float(), -1) if sampler.want_logprobs else None
+    tops = [top_logprobs(logits[:, j], sampler.top_logprobs) for j in range(T)] if sampler.top_logprobs else None
+    return rows, logprobs, tops
 
 
 def add_speculative_arguments(parser) -> None:
