@@ -23,6 +23,13 @@ cache; there is no MLA/MHA pair for it).
     python bench/decode.py --presets cpu-tiny --repeats 1
     python bench/decode.py --threads 2          # both engines multi-threaded
 
+    python bench/decode.py --spec ngram draft   # also r1lab with speculative decoding (docs/speculative.md)
+
+--spec adds, per preset and batch size, r1lab with prompt lookup and/or a draft model (--draft CKPT, or the
+target's first --draft-layers layers) against plain r1lab and transformers' best of fp32 and bf16, with the
+acceptance rate, the tokens per verification forward and the share of greedy sequences equal to plain
+r1lab's (the {kind}_* keys of each preset in the JSON).
+
 Prints a table, then as the last line one JSON object. ratio_b1 / ratio_b32 are the minimum over the
 presets (per-preset figures are in "presets").
 """

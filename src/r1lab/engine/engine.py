@@ -72,6 +72,8 @@ class Engine:
         spare = 0  # positions past max_model_len that a verification forward may write (its drafts, then dropped)
         if drafter is not None:
             drafter.attach(max_running, self.max_model_len, model.config.vocab_size)
+            if getattr(drafter, "device", self.device) != self.device:
+                raise ValueError(f"the draft model is on {drafter.device}, the model on {self.device}: put both on one device")
             spare = drafter.k
         self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len + spare, cache_dtype,
                                                    self.device)
