@@ -286,3 +286,17 @@ def test_command_line_options_and_metrics(tmp_path):
     assert f"r1lab_spec_drafted_tokens_total {stats['spec_drafted_tokens']}" in text
     assert f"r1lab_spec_accepted_tokens_total {stats['spec_accepted_tokens']}" in text
     assert "r1lab_spec_" not in Metrics().render(Engine(model, None).stats())  # no speculation, no such lines
+
+
+@pytest.mark.parametrize("kind", ["model", "ngram"])
+def test_greedy_rows_beside_sampled_rows_equal_plain_greedy(kind):
+    model = make_model()
+    ps = prompts(4, 64, seed=8)
+    greedy = SamplingParams(max_tokens=14, **GREEDY)
+    sampled = SamplingParams(max_tokens=14, temperature=1.0, top_p=0.9, ignore_eos=True)
+    plain = Engine(model, None, max_running=4).generate(ps, greedy)
+    drafter = ModelDrafter(make_model(seed=1, num_hidden_layers=1), k=3) if kind == "model" else NgramDrafter(k=3)
+    engine = Engine(model, None, max_running=4, drafter=drafter)
+    mixed = engine.generate(ps, [greedy, sampled, greedy, sampled])
+    assert [mixed[0].token_ids, mixed[2].token_ids] == [plain[0].token_ids, plain[2].token_ids]
+    assert engine.stats()["spec_drafted_tokens"] > 0
