@@ -23,6 +23,13 @@ cache; there is no MLA/MHA pair for it).
     python bench/decode.py --presets cpu-tiny --repeats 1
     python bench/decode.py --threads 2          # both engines multi-threaded
 
+    python bench/decode.py --spec ngram draft   # also r1lab with speculative decoding (docs/speculative.md)
+
+--spec adds, per preset and batch size, r1lab with prompt lookup and/or a draft model (--draft CKPT, or the
+target's first --draft-layers layers) against plain r1lab and transformers' best of fp32 and bf16, with the
+acceptance rate, the tokens per verification forward and the share of greedy sequences equal to plain
+r1lab's (the {kind}_* keys of each preset in the JSON).
+
 Prints a table, then as the last line one JSON object. ratio_b1 / ratio_b32 are the minimum over the
 presets (per-preset figures are in "presets").
 """
@@ -59,16 +66,40 @@ class Timer:
             self.wall, self.cpu, self.out = w, c, out
 
 
-def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str, device: str = "cpu"):
-    """A function generating for `prompts` with r1lab's engine (warmed up), returning token id lists. dtype as
-    `r1lab serve --dtype` (auto: bf16 where the device has bf16 units and the model is wide enough to gain)."""
+def load_ours(folder: Path, dtype: str, device: str, layers: int | None = None):
     import r1lab
-    from r1lab.engine import Engine, SamplingParams
     from r1lab.engine.precision import serving_dtype
 
     model, tokenizer = r1lab.load(folder)
+    if layers is not None:  # a self-speculative draft: the model's first `layers` layers, then its own head
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
     model.to(device=device, dtype=serving_dtype(dtype, model.config.hidden_size, device)).eval()
-    engine = Engine(model, tokenizer, max_running=max(len(prompts), 1))
+    return model, tokenizer
+
+
+def make_drafter(kind: str | None, folder: Path, args):
+    """None (plain decoding), prompt lookup ("ngram") or a draft model ("draft": --draft, or by default the
+    target's first --draft-layers layers)."""
+    from r1lab.engine.speculative import ModelDrafter, NgramDrafter
+
+    if kind is None:
+        return None
+    if kind == "ngram":
+        return NgramDrafter(k=args.spec_k, max_n=args.ngram_max, min_n=args.ngram_min)
+    if args.draft:
+        return ModelDrafter(load_ours(Path(args.draft), args.dtype, args.device)[0], k=args.spec_k)
+    return ModelDrafter(load_ours(folder, args.dtype, args.device, args.draft_layers)[0], k=args.spec_k)
+
+
+def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str, device: str = "cpu", drafter=None):
+    """A function generating for `prompts` with r1lab's engine (warmed up), returning token id lists. dtype as
+    `r1lab serve --dtype` (auto: bf16 where the device has bf16 units and the model is wide enough to gain).
+    drafter: speculative decoding with it (r1lab.engine.speculative)."""
+    from r1lab.engine import Engine, SamplingParams
+
+    model, tokenizer = load_ours(folder, dtype, device)
+    engine = Engine(model, tokenizer, max_running=max(len(prompts), 1), drafter=drafter)
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     engine.generate(prompts[:1], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))  # warm-up
 
@@ -76,6 +107,7 @@ def ours(folder: Path, prompts: list[list[int]], new_tokens: int, dtype: str, de
         return [c.token_ids for c in engine.generate(prompts, params)]
 
     go.kv_bytes_per_token = engine.cache.bytes_per_token
+    go.engine = engine
     go.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return go
 
@@ -164,6 +196,22 @@ def bench_preset(name: str, args, workdir: Path) -> dict:
         row[f"ratio_b{batch}"] = t_hf.wall / t_ours.wall
         row[f"ratio_vs_hf_bf16_b{batch}"] = t_hf16.wall / t_ours.wall
         row[f"cpu_time_ratio_b{batch}"] = t_hf.cpu / t_ours.cpu
+        for kind in args.spec:  # r1lab with a drafter, against r1lab plain (timed after the others: see --spec)
+            run_spec = ours(folder, batch_prompts, args.new_tokens, args.dtype, args.device, make_drafter(kind, folder, args))
+            t_spec = Timer()
+            for _ in range(args.repeats):
+                t_spec.run(run_spec)
+            stats = run_spec.engine.stats()
+            row[f"{kind}_tps_b{batch}"] = n / t_spec.wall
+            row[f"{kind}_vs_plain_b{batch}"] = t_ours.wall / t_spec.wall
+            row[f"{kind}_vs_hf_best_b{batch}"] = min(t_hf.wall, t_hf16.wall) / t_spec.wall
+            row[f"{kind}_acceptance_b{batch}"] = stats["spec_acceptance_rate"]
+            row[f"{kind}_tokens_per_forward_b{batch}"] = stats["spec_tokens_per_forward"]
+            row[f"{kind}_same_as_plain_b{batch}"] = sum(a == b for a, b in zip(t_spec.out, t_ours.out)) / batch
+            print(f"  {name} batch {batch}: r1lab + {kind} {n / t_spec.wall:8.1f} tok/s = {t_ours.wall / t_spec.wall:5.2f}x "
+                  f"plain r1lab, {row[f'{kind}_vs_hf_best_b{batch}']:5.2f}x transformers' best; acceptance "
+                  f"{stats['spec_acceptance_rate'] or 0:.2f}, tokens per forward {stats['spec_tokens_per_forward'] or 0:.2f}, "
+                  f"greedy sequences as plain {row[f'{kind}_same_as_plain_b{batch}']:.0%}", file=sys.stderr, flush=True)
         # greedy sanity check against transformers at r1lab's precision: sequences identical token for token
         # (near-ties can flip under padding, and more often in bf16)
         same_as = t_hf16 if run_ours.dtype == "bfloat16" else t_hf
@@ -196,6 +244,15 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default 1: models this small gain little from more, and on a busy "
                         "machine every multi-threaded op waits for a free core)")
+    p.add_argument("--spec", nargs="*", default=[], choices=["ngram", "draft"],
+                   help="also time r1lab with speculative decoding: prompt lookup (ngram) and/or a draft model (draft); "
+                        "each against plain r1lab (its runs follow the plain ones, not alternated)")
+    p.add_argument("--spec-k", type=int, default=4, help="drafts per sequence and step")
+    p.add_argument("--ngram-max", type=int, default=3)
+    p.add_argument("--ngram-min", type=int, default=1)
+    p.add_argument("--draft", help="draft checkpoint (same tokenizer) for --spec draft; default: the target's first "
+                                   "--draft-layers layers (random weights: a measure of the machinery, not of a trained draft)")
+    p.add_argument("--draft-layers", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"decode bench: greedy, {args.new_tokens} new tokens, r1lab --dtype {args.dtype}, {args.device}, "

@@ -9,6 +9,7 @@ from ..tokenizer import response_prefix_of
 from .engine import Engine
 from .precision import add_dtype_argument, load_for_serving
 from .sampling import SamplingParams
+from .speculative import add_speculative_arguments, drafter_from_args
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-eos", action="store_true")
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: where the model loads)")
     add_dtype_argument(parser)
+    add_speculative_arguments(parser)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -34,7 +36,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise ValueError(f"{args.checkpoint} has no tokenizer.json; generate needs one")
     model.eval()
-    engine = Engine(model, tokenizer, max_running=1, device=args.device)
+    engine = Engine(model, tokenizer, max_running=1, device=args.device,
+                    drafter=drafter_from_args(args, next(model.parameters()).device))
     if args.chat:
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
     else:

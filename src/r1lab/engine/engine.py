@@ -29,6 +29,7 @@ from .progress import progress_bar
 from .request import Completion, EngineError, PromptTooLong, QueueFull, Request, RequestHandle, StreamEvent
 from .sampling import Sampler, SamplingParams
 from .scoring import PromptScorer, top_logprobs
+from .speculative import Drafter, verify
 
 __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", "RequestHandle", "StreamEvent"]
 
@@ -44,6 +45,8 @@ class Engine:
     running requests (None = max_running x max_model_len). max_model_len: prompt + output limit (default: the model's
     max_position_embeddings). device: moves the model there (default: where it is); do not move the model afterwards.
     max_waiting: bound of submit()'s queue (QueueFull beyond). max_prefill_tokens: prompt tokens admitted in one prefill.
+    drafter: speculative decoding (see speculative.py): each decode step verifies the drafter's proposals, up to
+    drafter.k per sequence, in one forward; steps where a running request has a constraint decode plainly.
 
     The engine reads the model's parameters live and never changes them or its train/eval mode, so a trainer can
     generate, step its optimizer and generate again with the new weights.
@@ -51,7 +54,7 @@ class Engine:
 
     def __init__(self, model: Transformer, tokenizer, *, max_running: int = 64, max_cached_tokens: int | None = None,
                  max_model_len: int | None = None, device=None, max_waiting: int = 4096,
-                 max_prefill_tokens: int = 8192):
+                 max_prefill_tokens: int = 8192, drafter: Drafter | None = None):
         if device is not None:
             model.to(device)
         self.model, self.tokenizer = model, tokenizer
@@ -65,7 +68,15 @@ class Engine:
         # on CPU the KV cache and attention stay float32 under bf16 weights: CPU bf16 batched matmuls copy the cache's
         # strided views at every step (bf16 SDPA is slower still); elsewhere the cache takes the weights' dtype
         cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-        self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len, cache_dtype, self.device)
+        self.drafter = drafter
+        spare = 0  # positions past max_model_len that a verification forward may write (its drafts, then dropped)
+        if drafter is not None:
+            drafter.attach(max_running, self.max_model_len, model.config.vocab_size)
+            if getattr(drafter, "device", self.device) != self.device:
+                raise ValueError(f"the draft model is on {drafter.device}, the model on {self.device}: put both on one device")
+            spare = drafter.k
+        self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len + spare, cache_dtype,
+                                                   self.device)
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()  # held for a whole step; guards everything below
@@ -76,6 +87,7 @@ class Engine:
         self._reserved = 0  # cache tokens promised to running requests
         self._sampler: Sampler | None = None  # for the current running set
         self._steps = self._generated = 0
+        self._verify_rows = self._drafted = self._accepted = 0  # speculative decoding: sequence-steps, drafts, kept
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -193,6 +205,12 @@ class Engine:
             "max_cached_tokens": self.max_cached_tokens,
             "kv_bytes_per_token": self.cache.bytes_per_token,
             "kv_allocated_bytes": self.cache.allocated_bytes,
+            "spec_verified_sequences": self._verify_rows,  # sequence-steps that verified drafts
+            "spec_drafted_tokens": self._drafted,
+            "spec_accepted_tokens": self._accepted,
+            "spec_acceptance_rate": self._accepted / self._drafted if self._drafted else None,
+            # tokens a sequence gains per verification forward (1 + its kept drafts), averaged
+            "spec_tokens_per_forward": (self._verify_rows + self._accepted) / self._verify_rows if self._verify_rows else None,
         }
 
     # ---------------------------------------------------------------- requests
@@ -283,7 +301,11 @@ class Engine:
             self.runner.maybe_refresh()
             self._prefill(batch)
         elif self._running:
-            self._decode()
+            self._decode_sampler()
+            if self.drafter is not None and not self._sampler.constrained:
+                self._speculate()
+            else:
+                self._decode()
         else:
             return False
         self._steps += 1
@@ -355,11 +377,15 @@ class Engine:
         sampler = Sampler([r.params for r in batch], [r.generator for r in batch], logits.shape[-1], self.device)
         self._process(batch, sampler, logits)
 
+    def _decode_sampler(self) -> Sampler:
+        if self._sampler is None:
+            self._sampler = Sampler([r.params for r in self._running], [r.generator for r in self._running],
+                                    self.model.config.vocab_size, self.device)
+        return self._sampler
+
     def _decode(self) -> None:
         running = self._running
-        if self._sampler is None:
-            self._sampler = Sampler([r.params for r in running], [r.generator for r in running],
-                                    self.model.config.vocab_size, self.device)
+        self._decode_sampler()
         positions = [r.cached for r in running]
         kv_len = max(positions) + 1
         self.cache.ensure(len(running), kv_len)
@@ -370,6 +396,39 @@ class Engine:
         for r in running:
             r.cached += 1
         self._process(running, self._sampler, logits, masks)
+
+    def _speculate(self) -> None:
+        """A decode step that verifies drafts: each sequence feeds its last token and its drafts (one forward
+        over k + 1 positions), keeps the drafts the accept/reject rule keeps plus one token of the target's,
+        and its cached length moves past the kept tokens only (what lies beyond is overwritten later)."""
+        running, sampler = self._running, self._sampler
+        # drafts each row asks for: its draft length, within its remaining tokens less the one every verification yields
+        k = self.drafter.k
+        limits = [min(r.draft_len or k, r.params.max_tokens - len(r.output) - 1, r.max_total - len(r.prompt) - len(r.output) - 1)
+                  for r in running]
+        drafts = self.drafter.propose([r.prompt + r.output for r in running], limits, running, sampler)
+        drafts.counts = [max(0, min(c, n)) for c, n in zip(drafts.counts, limits)]
+        if not any(drafts.counts):  # nothing to verify: a plain step costs less
+            return self._decode()
+        rows, logprobs, tops = verify(self.runner, self.cache, running, drafts, sampler)
+        self._verify_rows += len(running)
+        self._drafted += sum(drafts.counts)
+        self._accepted += sum(len(row) - 1 for row in rows)
+        finished = []
+        for b, (r, row) in enumerate(zip(running, rows)):
+            r.cached += len(row)  # the fed last token and the kept drafts
+            if drafts.counts[b]:  # all kept: 2 more next time (up to k); else 1 fewer (down to 1)
+                r.draft_len = min(k, (r.draft_len or k) + 2) if len(row) > drafts.counts[b] else max(1, (r.draft_len or k) - 1)
+            if r.cancelled:
+                continue
+            for j, t in enumerate(row):
+                self._record(r, t, logprobs[b, j, t].item() if logprobs is not None else None, tops[j][b] if tops else None)
+                if r.finish_reason is not None:
+                    finished.append(r)
+                    break
+            if r.sink is not None:
+                r.emit()
+        self._retire(finished)
 
     def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor, masks=None) -> None:
         """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""

@@ -76,6 +76,7 @@ class Request:
     cancelled: bool = False
     slot: int | None = None
     cached: int = 0  # tokens of this sequence in the KV cache
+    draft_len: int | None = None  # speculative decoding: drafts it asks for next (None: the drafter's k)
     streamed: int = 0  # output tokens already sent to the sink
     prompt_sent: bool = False  # the first event (which carries prompt_logprobs) went out
     done: threading.Event = field(default_factory=threading.Event)

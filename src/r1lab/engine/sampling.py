@@ -141,6 +141,26 @@ class Sampler:
             logprobs = F.log_softmax(raw.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
         return tokens, logprobs
 
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) -> the distributions (B, V) that unconstrained sampling draws from: temperature, top-k
+        and top-p applied, normalised; a point mass on the argmax for greedy rows."""
+        logits = logits.float()
+        greedy = F.one_hot(logits.argmax(-1), logits.shape[-1]).float() if self.any_greedy else None
+        if self.all_greedy:
+            return greedy
+        scaled = logits / self.temperature
+        if self.filtered:
+            kept, candidates = self._filter(scaled, self.candidates)
+            probs = torch.zeros_like(scaled).scatter_(1, candidates, kept)
+            probs /= probs.sum(-1, keepdim=True)
+        else:
+            probs = F.softmax(scaled, dim=-1)
+        return torch.where(self.greedy_rows[:, None], greedy, probs) if self.any_greedy else probs
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """One token per row (B,) from unnormalised distributions (B, V), with the rows' own generators."""
+        return self._inverse_cdf(probs)[:, 0]
+
     def _filter(self, scaled: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k, then top-p on the renormalised survivors (the order of vLLM and transformers). Returns
         unnormalised probabilities over K candidates (0 = filtered out) and the candidates' token ids."""

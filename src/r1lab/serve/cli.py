@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..engine.precision import add_dtype_argument
+from ..engine.speculative import add_speculative_arguments, drafter_from_args
 from ..model.checkpoint import CheckpointError
 
 
@@ -36,6 +37,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thinking-budget", type=int, default=None,
                    help="close every answer's thinking after this many tokens (a request's thinking_budget overrides it)")
     add_dtype_argument(p)
+    add_speculative_arguments(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the model on CPU (default: torch's count less one, left to the HTTP side: "
                         "with every core in the model's matmuls, 32 streaming clients got 1.0-1.35k tok/s on 2 cores "
@@ -63,7 +65,8 @@ def run_serve(args) -> int:
     if next(model.parameters()).device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
     name = args.model_name or Path(args.checkpoint).resolve().name
-    engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len)
+    engine = Engine(model, tokenizer, max_running=args.max_running, max_model_len=args.max_model_len,
+                    drafter=drafter_from_args(args, next(model.parameters()).device))
     app = create_app(engine, tokenizer, name, api_key=args.api_key, max_waiting=args.max_waiting,
                      max_body_bytes=args.max_request_bytes, thinking_budget=args.thinking_budget)
     engine.start()

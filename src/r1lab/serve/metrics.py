@@ -73,6 +73,11 @@ class Metrics:
         for key, (name, help_) in gauges.items():
             if key in engine_stats:
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {engine_stats[key]}"]
+        counters = {"spec_drafted_tokens": ("r1lab_spec_drafted_tokens_total", "Speculative drafts verified."),
+                    "spec_accepted_tokens": ("r1lab_spec_accepted_tokens_total", "Speculative drafts kept.")}
+        for key, (name, help_) in counters.items():
+            if engine_stats.get("spec_drafted_tokens"):
+                lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {engine_stats[key]}"]
         return "\n".join(lines) + "\n"
 
 
