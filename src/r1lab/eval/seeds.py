@@ -89,8 +89,9 @@ def findings_table(runs: list[dict]) -> str:
         lines.append(f"| {key.replace('|', chr(92) + '|')} | " + " | ".join(map(_cell, cells)) + f" | {held(cells, labels)} |")
     lines += ["", "Each cell: the run's verdict and its figure with the 95% interval over held-out problems "
               "(pts: percentage points of pass@1). A claim of a difference passes only when the difference's "
-              "interval lies above 0 (intervals apart) and the gain reaches its threshold; a level (R1 >= 90%) is "
-              "judged on the measured value. ℹ️ rows are observations, reported either way.", "", "Claims, as the "
+              "interval lies above 0 (intervals apart) and the gain reaches its threshold; two stages of one run are "
+              "compared problem by problem on the same held-out problems. ℹ️ rows are observations, reported either "
+              "way.", "", "Claims, as the "
               "first run that has them words them:", ""]
     lines += [f"- {key}: {claim}" for key, claim in claims.items() if claim != key]
     lines += ["", "Runs: " + "; ".join(f"{label}: {run['folder']}" for label, run in zip(labels, runs)), ""]
