@@ -4,6 +4,6 @@
 #   bash scripts/speedrun.sh runs/mine    # another run folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+R1LAB_EXTRAS="${R1LAB_EXTRAS-structured}" source scripts/setup.sh  # the recipe needs no test tools
 OUT="${1:-runs/speedrun}"
 exec .venv/bin/r1lab speedrun --preset cpu --out "$OUT"

@@ -113,3 +113,19 @@ def kill_at_checkpoint(cmd: list[str], checkpoint, env, timeout: float = 300) ->
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def run_killed_and_resumed(args: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
+    """`r1lab ARGS` run whole into tmp_path/full, and into tmp_path/cut killed at checkpoint step_2 and resumed
+    (one thread each, in subprocesses): the two runs' metrics.jsonl rows, to be compared by the caller."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "r1lab.cli", *args]
+    subprocess.run(cmd + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
+    kill_at_checkpoint(cmd + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
+    assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
+    subprocess.run(cmd + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300, capture_output=True)
+    return tuple([json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")] for run in ("full", "cut"))

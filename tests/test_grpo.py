@@ -1,13 +1,10 @@
 """The GRPO trainer end to end on a tiny model: it logs what it should, learns, and resumes exactly."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import kill_at_checkpoint, small_policy_checkpoint
+from conftest import run_killed_and_resumed, small_policy_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +68,8 @@ def test_grpo_with_staleness_1_trains_on_rollouts_sampled_one_update_earlier(tmp
 @pytest.mark.slow  # three GRPO runs in subprocesses
 def test_grpo_with_staleness_1_resumes_exactly_after_sigkill(tmp_path, init_ckpt):
     # the rollouts sampled ahead are in the checkpoint: the resumed run trains on exactly what the other one did
-    args = ["grpo", "--init", str(init_ckpt), "max_steps=4", "save_every=2", *FAST, "grpo.max_staleness=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "r1lab.cli"]
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
-    kill_at_checkpoint(cmd + args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
-    assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300,
-                   capture_output=True)
-    full, cut = read(tmp_path / "full" / "metrics.jsonl"), read(tmp_path / "cut" / "metrics.jsonl")
+    full, cut = run_killed_and_resumed(["grpo", "--init", str(init_ckpt), "max_steps=4", "save_every=2", *FAST,
+                                        "grpo.max_staleness=1"], tmp_path)
     assert [r["step"] for r in cut] == [1, 2, 3, 4] and [r["staleness"] for r in cut] == [0, 1, 1, 1]
     for a, b in zip(full, cut):
         assert (a["loss"], a["reward"], a["response_length"]) == (b["loss"], b["reward"], b["response_length"])
@@ -101,15 +91,7 @@ def test_grpo_logs_accuracy_per_task_with_several_tasks(tmp_path, init_ckpt):
 
 
 def test_grpo_resumes_exactly_after_sigkill(tmp_path, init_ckpt):
-    args = ["grpo", "--init", str(init_ckpt), "max_steps=6", "save_every=2", *FAST]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "r1lab.cli"]
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
-    kill_at_checkpoint(cmd + args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
-    assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300,
-                   capture_output=True)
-    full, cut = read(tmp_path / "full" / "metrics.jsonl"), read(tmp_path / "cut" / "metrics.jsonl")
+    full, cut = run_killed_and_resumed(["grpo", "--init", str(init_ckpt), "max_steps=6", "save_every=2", *FAST], tmp_path)
     assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(full, cut):
         assert (a["loss"], a["reward"], a["response_length"]) == (b["loss"], b["reward"], b["response_length"])

@@ -13,7 +13,7 @@ from torch import nn
 
 import r1lab
 from r1lab.cli import main
-from conftest import kill_at_checkpoint, tiny_config
+from conftest import run_killed_and_resumed, tiny_config
 from r1lab.config import ConfigError
 from r1lab.model import Transformer, save_checkpoint
 from r1lab.tokenizer import train_tokenizer
@@ -191,16 +191,8 @@ def test_on_policy_forward_divergence_trains_and_refuses_an_endpoint(pair, tmp_p
 @pytest.mark.slow  # three runs in subprocesses: about 100 s on a loaded 2-core machine
 def test_on_policy_distill_resumes_bitwise_after_sigkill(pair, tmp_path):
     student_dir, teacher_dir = pair
-    args = ["distill", "--method", "on-policy", "--teacher", str(teacher_dir), "--student", str(student_dir),
-            "max_steps=4", "save_every=2", *FAST]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "r1lab.cli"]
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, timeout=300, capture_output=True)
-    kill_at_checkpoint(cmd + args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / "checkpoints" / "step_2", env)
-    assert not (tmp_path / "cut" / "final").exists(), "the run finished before it was killed"
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, timeout=300,
-                   capture_output=True)
-    full, cut = read(tmp_path / "full" / "metrics.jsonl"), read(tmp_path / "cut" / "metrics.jsonl")
+    full, cut = run_killed_and_resumed(["distill", "--method", "on-policy", "--teacher", str(teacher_dir), "--student",
+                                        str(student_dir), "max_steps=4", "save_every=2", *FAST], tmp_path)
     assert [r["step"] for r in cut] == [1, 2, 3, 4]
     for a, b in zip(full, cut):
         assert (a["loss"], a["reverse_kl"], a["response_length"]) == (b["loss"], b["reverse_kl"], b["response_length"])
