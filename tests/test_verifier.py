@@ -297,6 +297,8 @@ EXPLOSIVE = {  # name: (answer part, decided by the caps: quick)
 }
 GRADE_IN_A_BOX = r"""
 import json, resource, sys, threading, time
+def hwm_kib():  # this process's own peak (ru_maxrss would include the RSS of the pytest that forked it)
+    return int(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))
 limit = int(sys.argv[1]) << 20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from r1lab.rewards import accuracy
@@ -317,7 +319,7 @@ if "thread" in modes:
 if accuracy._child is not None:
     accuracy._child[1].close()
 print(json.dumps({"seconds": seconds, "verdicts": verdicts,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10,
+                  "rss_mb": hwm_kib() >> 10,
                   "child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss >> 10}))
 """
 
