@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compare import Curve, difference as curve_difference, mean_accuracy, nearest
 from .stats import difference, fmt_interval, fmt_points, half_width, paired_difference, wilson
 
 H100_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak, per GPU
@@ -415,12 +416,11 @@ def no_loss_finding(stages: dict[str, Stage], tasks: list[str], chain: list[str]
                    figure=f"{fmt_points(move, low, high)} {b} after {a}, {task}", value=move, low=low, high=high, key=key)
 
 
-def onpolicy_vs_sft_finding(curves: list, tasks: list[str], onpolicy: str = "student-onpolicy",
+def onpolicy_vs_sft_finding(curves: list[Curve], tasks: list[str], onpolicy: str = "student-onpolicy",
                             sft: str = "student-distilled") -> Finding | None:
     """From one partly SFT'd student and at equal FLOPs (sampling and teacher scoring counted), on-policy
     distillation beats continued SFT by >= 5 points with intervals apart, or reaches continued SFT's final
     accuracy (its point estimate) with <= 1/3 of SFT's FLOPs."""
-    from .compare import difference as curve_difference, mean_accuracy, nearest
     by_name = {c.name: c for c in curves}
     if onpolicy not in by_name or sft not in by_name:
         return None
@@ -452,7 +452,7 @@ def onpolicy_vs_sft_finding(curves: list, tasks: list[str], onpolicy: str = "stu
 
 # ---------------------------------------------------------------- the speedrun's findings
 
-def findings(stages: dict[str, Stage], tasks: list[str], chain: list[str], final: str, curves: list | None = None,
+def findings(stages: dict[str, Stage], tasks: list[str], chain: list[str], final: str, curves: list[Curve] | None = None,
              zero: tuple[str, str] = ("r1-zero", "base"),
              students: tuple[str, str, str] = ("student-distilled", "student-rl", "student-base"),
              grpo_stages: list[str] | None = None) -> list[Finding]:
