@@ -5,7 +5,8 @@ from dataclasses import asdict
 import pytest
 
 from r1lab.cli import main
-from r1lab.eval.report import Finding, Stage, findings
+from r1lab.eval.findings import findings
+from r1lab.eval.report import Finding, Stage
 from r1lab.eval.seeds import findings_table, read_run
 from r1lab.eval.stats import inside_noise
 

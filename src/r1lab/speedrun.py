@@ -34,7 +34,8 @@ from .engine import Engine
 from .eval import aha
 from .eval.compare import Curve, Point, plot as plot_curves, table as curve_table
 from .eval.evaluate import evaluate, load_problems, write_results
-from .eval.report import Stage, findings, read_metrics, write_report
+from .eval.findings import findings
+from .eval.report import Stage, read_metrics, write_report
 from .eval.seeds import write_findings
 from .model import load, load_model
 from .model.config import PRESETS as MODEL_PRESETS

@@ -29,7 +29,7 @@ from .progress import progress_bar
 from .request import Completion, EngineError, PromptTooLong, QueueFull, Request, RequestHandle, StreamEvent
 from .sampling import Sampler, SamplingParams
 from .scoring import PromptScorer, top_logprobs
-from .speculative import Drafter, verify
+from .speculative import Drafter, SpeculativeStep
 
 __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", "RequestHandle", "StreamEvent"]
 
@@ -38,7 +38,7 @@ __all__ = ["Completion", "Engine", "EngineError", "PromptTooLong", "QueueFull", 
 PREFILL_SCORE_BUDGET = 1 << 25  # 2**25 float32 scores = 128 MiB
 
 
-class Engine:
+class Engine(SpeculativeStep):
     """Generation for a live r1lab Transformer (see the module docstring for the scheduling policy).
 
     max_running: sequences decoded together (cache slots). max_cached_tokens: cap on the KV-cache tokens reserved by
@@ -68,13 +68,7 @@ class Engine:
         # on CPU the KV cache and attention stay float32 under bf16 weights: CPU bf16 batched matmuls copy the cache's
         # strided views at every step (bf16 SDPA is slower still); elsewhere the cache takes the weights' dtype
         cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-        self.drafter = drafter
-        spare = 0  # positions past max_model_len that a verification forward may write (its drafts, then dropped)
-        if drafter is not None:
-            drafter.attach(max_running, self.max_model_len, model.config.vocab_size)
-            if getattr(drafter, "device", self.device) != self.device:
-                raise ValueError(f"the draft model is on {drafter.device}, the model on {self.device}: put both on one device")
-            spare = drafter.k
+        spare = self._attach_drafter(drafter, max_running)  # cache positions a verification may write past the end
         self.runner, self.cache = runner_and_cache(model, max_running, self.max_model_len + spare, cache_dtype,
                                                    self.device)
         self._ids = itertools.count()
@@ -87,7 +81,6 @@ class Engine:
         self._reserved = 0  # cache tokens promised to running requests
         self._sampler: Sampler | None = None  # for the current running set
         self._steps = self._generated = 0
-        self._verify_rows = self._drafted = self._accepted = 0  # speculative decoding: sequence-steps, drafts, kept
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -205,12 +198,7 @@ class Engine:
             "max_cached_tokens": self.max_cached_tokens,
             "kv_bytes_per_token": self.cache.bytes_per_token,
             "kv_allocated_bytes": self.cache.allocated_bytes,
-            "spec_verified_sequences": self._verify_rows,  # sequence-steps that verified drafts
-            "spec_drafted_tokens": self._drafted,
-            "spec_accepted_tokens": self._accepted,
-            "spec_acceptance_rate": self._accepted / self._drafted if self._drafted else None,
-            # tokens a sequence gains per verification forward (1 + its kept drafts), averaged
-            "spec_tokens_per_forward": (self._verify_rows + self._accepted) / self._verify_rows if self._verify_rows else None,
+            **self._spec_stats(),
         }
 
     # ---------------------------------------------------------------- requests
@@ -397,39 +385,6 @@ class Engine:
             r.cached += 1
         self._process(running, self._sampler, logits, masks)
 
-    def _speculate(self) -> None:
-        """A decode step that verifies drafts: each sequence feeds its last token and its drafts (one forward
-        over k + 1 positions), keeps the drafts the accept/reject rule keeps plus one token of the target's,
-        and its cached length moves past the kept tokens only (what lies beyond is overwritten later)."""
-        running, sampler = self._running, self._sampler
-        # drafts each row asks for: its draft length, within its remaining tokens less the one every verification yields
-        k = self.drafter.k
-        limits = [min(r.draft_len or k, r.params.max_tokens - len(r.output) - 1, r.max_total - len(r.prompt) - len(r.output) - 1)
-                  for r in running]
-        drafts = self.drafter.propose([r.prompt + r.output for r in running], limits, running, sampler)
-        drafts.counts = [max(0, min(c, n)) for c, n in zip(drafts.counts, limits)]
-        if not any(drafts.counts):  # nothing to verify: a plain step costs less
-            return self._decode()
-        rows, logprobs, tops = verify(self.runner, self.cache, running, drafts, sampler)
-        self._verify_rows += len(running)
-        self._drafted += sum(drafts.counts)
-        self._accepted += sum(len(row) - 1 for row in rows)
-        finished = []
-        for b, (r, row) in enumerate(zip(running, rows)):
-            r.cached += len(row)  # the fed last token and the kept drafts
-            if drafts.counts[b]:  # all kept: 2 more next time (up to k); else 1 fewer (down to 1)
-                r.draft_len = min(k, (r.draft_len or k) + 2) if len(row) > drafts.counts[b] else max(1, (r.draft_len or k) - 1)
-            if r.cancelled:
-                continue
-            for j, t in enumerate(row):
-                self._record(r, t, logprobs[b, j, t].item() if logprobs is not None else None, tops[j][b] if tops else None)
-                if r.finish_reason is not None:
-                    finished.append(r)
-                    break
-            if r.sink is not None:
-                r.emit()
-        self._retire(finished)
-
     def _process(self, requests: list[Request], sampler: Sampler, logits: torch.Tensor, masks=None) -> None:
         """Sample each request's new token, record it, decide whether it is done, stream it, retire the finished."""
         tokens, logprobs = sampler(logits, masks)
@@ -439,29 +394,13 @@ class Engine:
         for i, r in enumerate(requests):
             if r.cancelled:  # cancelled from another thread during this step
                 continue
-            self._record(r, token_list[i], logprob_list[i] if logprob_list else None, top[i] if top else None)
+            self._generated += r.record(token_list[i], logprob_list[i] if logprob_list else None, top[i] if top else None,
+                                        self.eos_token_ids)
             if r.sink is not None:
                 r.emit()
             if r.finish_reason is not None:
                 finished.append(r)
         self._retire(finished)
-
-    def _record(self, r: Request, t: int, logprob: float | None, top: list[tuple[int, float]] | None) -> None:
-        """Append one sampled token (and its log-probs) to r, and finish r if it is done."""
-        if r.params.max_tokens == 0:  # scoring only (prompt_logprobs): the sampled token is dropped
-            return r.finish("length")
-        r.output.append(t)
-        if r.logprobs is not None:
-            r.logprobs.append(logprob)
-        if r.top_logprobs is not None:
-            r.top_logprobs.append(top[:r.params.top_logprobs])
-        self._generated += 1
-        if t in r.stop_ids:
-            r.finish("stop", None if t in self.eos_token_ids and t not in r.params.stop_token_ids else t)
-        elif r.detok is not None and (stop := r.detok.add(t)) is not None:
-            r.finish("stop", stop)
-        elif len(r.output) >= r.params.max_tokens or len(r.prompt) + len(r.output) >= r.max_total:
-            r.finish("length")
 
     def _retire(self, finished: list[Request]) -> None:
         """Free the slots of finished requests, moving the last running sequence into each hole."""

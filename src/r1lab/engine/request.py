@@ -81,6 +81,24 @@ class Request:
     prompt_sent: bool = False  # the first event (which carries prompt_logprobs) went out
     done: threading.Event = field(default_factory=threading.Event)
 
+    def record(self, t: int, logprob: float | None, top: list[tuple[int, float]] | None, eos_token_ids) -> int:
+        """Append one sampled token (and its log-probs), and finish if it is done; the tokens it added (0 or 1)."""
+        if self.params.max_tokens == 0:  # scoring only (prompt_logprobs): the sampled token is dropped
+            self.finish("length")
+            return 0
+        self.output.append(t)
+        if self.logprobs is not None:
+            self.logprobs.append(logprob)
+        if self.top_logprobs is not None:
+            self.top_logprobs.append(top[:self.params.top_logprobs])
+        if t in self.stop_ids:
+            self.finish("stop", None if t in eos_token_ids and t not in self.params.stop_token_ids else t)
+        elif self.detok is not None and (stop := self.detok.add(t)) is not None:
+            self.finish("stop", stop)
+        elif len(self.output) >= self.params.max_tokens or len(self.prompt) + len(self.output) >= self.max_total:
+            self.finish("length")
+        return 1
+
     def finish(self, reason: str, stop_reason: str | int | None = None) -> None:
         self.finish_reason, self.stop_reason = reason, stop_reason
         if self.detok is not None and not isinstance(stop_reason, str):

@@ -208,6 +208,67 @@ def verify(runner, cache, running: list, drafts: Drafts, sampler: Sampler):
     return rows, logprobs, tops
 
 
+class SpeculativeStep:
+    """The engine's decode step that verifies drafts, and its counters (a part of `Engine`, which it is mixed
+    into: it uses the engine's running requests, sampler, runner, cache and drafter)."""
+
+    def _attach_drafter(self, drafter: Drafter | None, max_running: int) -> int:
+        """Set up the drafter (None: no speculation) and the counters; the cache positions a verification forward
+        may write past max_model_len (its drafts, then dropped)."""
+        self.drafter = drafter
+        self._verify_rows = self._drafted = self._accepted = 0  # sequence-steps that verified, drafts, kept
+        if drafter is None:
+            return 0
+        drafter.attach(max_running, self.max_model_len, self.model.config.vocab_size)
+        if getattr(drafter, "device", self.device) != self.device:
+            raise ValueError(f"the draft model is on {drafter.device}, the model on {self.device}: put both on one device")
+        return drafter.k
+
+    def _speculate(self) -> None:
+        """A decode step that verifies drafts: each sequence feeds its last token and its drafts (one forward
+        over k + 1 positions), keeps the drafts the accept/reject rule keeps plus one token of the target's,
+        and its cached length moves past the kept tokens only (what lies beyond is overwritten later)."""
+        running, sampler = self._running, self._sampler
+        # drafts each row asks for: its draft length, within its remaining tokens less the one every verification yields
+        k = self.drafter.k
+        limits = [min(r.draft_len or k, r.params.max_tokens - len(r.output) - 1, r.max_total - len(r.prompt) - len(r.output) - 1)
+                  for r in running]
+        drafts = self.drafter.propose([r.prompt + r.output for r in running], limits, running, sampler)
+        drafts.counts = [max(0, min(c, n)) for c, n in zip(drafts.counts, limits)]
+        if not any(drafts.counts):  # nothing to verify: a plain step costs less
+            return self._decode()
+        rows, logprobs, tops = verify(self.runner, self.cache, running, drafts, sampler)
+        self._verify_rows += len(running)
+        self._drafted += sum(drafts.counts)
+        self._accepted += sum(len(row) - 1 for row in rows)
+        finished = []
+        for b, (r, row) in enumerate(zip(running, rows)):
+            r.cached += len(row)  # the fed last token and the kept drafts
+            if drafts.counts[b]:  # all kept: 2 more next time (up to k); else 1 fewer (down to 1)
+                r.draft_len = min(k, (r.draft_len or k) + 2) if len(row) > drafts.counts[b] else max(1, (r.draft_len or k) - 1)
+            if r.cancelled:
+                continue
+            for j, t in enumerate(row):
+                self._generated += r.record(t, logprobs[b, j, t].item() if logprobs is not None else None,
+                                            tops[j][b] if tops else None, self.eos_token_ids)
+                if r.finish_reason is not None:
+                    finished.append(r)
+                    break
+            if r.sink is not None:
+                r.emit()
+        self._retire(finished)
+
+    def _spec_stats(self) -> dict:
+        return {
+            "spec_verified_sequences": self._verify_rows,  # sequence-steps that verified drafts
+            "spec_drafted_tokens": self._drafted,
+            "spec_accepted_tokens": self._accepted,
+            "spec_acceptance_rate": self._accepted / self._drafted if self._drafted else None,
+            # tokens a sequence gains per verification forward (1 + its kept drafts), averaged
+            "spec_tokens_per_forward": (self._verify_rows + self._accepted) / self._verify_rows if self._verify_rows else None,
+        }
+
+
 def add_speculative_arguments(parser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--draft", default=None, metavar="CKPT",
