@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .stats import Z95, paired_difference
+from .report import mean_and_margin
 
 
 @dataclass
@@ -29,25 +29,8 @@ class Curve:
 
 
 def mean_accuracy(evals: dict[str, dict], tasks: list[str]) -> tuple[float, float] | None:
-    """Mean pass@1 over the tasks and its 95% half-interval (normal, over all the tasks' problems)."""
-    values = [evals.get(t, {}).get("pass1") for t in tasks]
-    if not values or any(v is None for v in values):
-        return None
-    mean = sum(values) / len(values)
-    n = sum(evals[t].get("n", 0) for t in tasks)
-    return mean, (Z95 * math.sqrt(mean * (1 - mean) / n) if n else float("nan"))
-
-
-def _each(evals: dict[str, dict], tasks: list[str]) -> list[float | None]:
-    out: list[float | None] = []
-    for t in tasks:
-        out += evals.get(t, {}).get("pass1_each") or []
-    return out
-
-
-def difference(a: dict[str, dict], b: dict[str, dict], tasks: list[str]) -> tuple[float, float, float] | None:
-    """Mean pass@1 of a minus b over the tasks' problems (both judged on the same ones), with its paired 95% interval."""
-    return paired_difference(_each(a, tasks), _each(b, tasks))
+    """Mean pass@1 over the tasks and its 95% half-interval, as the report's students table has it."""
+    return mean_and_margin([evals.get(t) for t in tasks])
 
 
 def nearest(curve: Curve, flops: float) -> Point:

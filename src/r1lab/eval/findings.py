@@ -6,7 +6,7 @@ per-problem shares are kept). The students' comparison at equal compute reads th
 """
 from __future__ import annotations
 
-from .compare import Curve, difference as curve_difference, mean_accuracy, nearest
+from .compare import Curve, mean_accuracy, nearest
 from .report import Finding, Stage, compare, mean_pass1, read_metrics
 from .stats import fmt_points
 
@@ -80,7 +80,7 @@ def onpolicy_vs_sft_finding(curves: list[Curve], tasks: list[str], onpolicy: str
     key = "on-policy vs continued SFT at equal FLOPs"
     last = onp.points[-1]
     at = nearest(cont, last.flops)
-    diff = curve_difference(last.evals, at.evals, tasks)
+    diff = compare([last.evals.get(t) for t in tasks], [at.evals.get(t) for t in tasks])
     sft_final = cont.points[-1]
     target = mean_accuracy(sft_final.evals, tasks)
     early = [p for p in onp.points[1:] if p.flops <= ONPOLICY_FLOPS_SHARE * sft_final.flops

@@ -187,7 +187,7 @@ def _interval(e: dict, key: str):
     return wilson(e[key] * e["n"], e["n"]) if e.get("n") else None
 
 
-def _mean_and_margin(evals: dict | list[dict | None] | None, key: str = "pass1") -> tuple[float, float] | None:
+def mean_and_margin(evals: dict | list[dict | None] | None, key: str = "pass1") -> tuple[float, float] | None:
     """(mean of `key` over evals, its 95% half-width: sqrt(sum of squared half-widths) / count), None if
     one lacks the value or an interval."""
     evals = evals if isinstance(evals, list) else [evals]
@@ -207,7 +207,7 @@ def compare(a, b, key: str = "pass1") -> tuple[float, float, float] | None:
             x and y and x.get("pass1_each") and len(x["pass1_each"]) == len(y.get("pass1_each") or [])
             and len(x["pass1_each"]) == len(a_list[0]["pass1_each"]) for x, y in zip(a_list, b_list)):
         return paired_difference([v for x in a_list for v in x["pass1_each"]], [v for y in b_list for v in y["pass1_each"]])
-    first, second = _mean_and_margin(a, key), _mean_and_margin(b, key)
+    first, second = mean_and_margin(a, key), mean_and_margin(b, key)
     if first is None or second is None:
         return None
     return difference(first[0], (first[0] - first[1], first[0] + first[1]),
@@ -339,7 +339,7 @@ def write_report(out_dir: str | Path, stages: list[Stage], findings: list[Findin
 def mean_pass1(stage: Stage, tasks: list[str]) -> tuple[float, float] | None:
     """Mean pass@1 over tasks and its 95% half-interval, from each task's interval over the held-out problems
     (Wilson over its n problems when an eval has none; a problem's k samples count once: not independent)."""
-    return _mean_and_margin([stage.evals.get(t) for t in tasks])
+    return mean_and_margin([stage.evals.get(t) for t in tasks])
 
 
 def student_table(students: list[Stage], tasks: list[str]) -> list[str]:
